@@ -1,0 +1,65 @@
+"""asyncjobs: PowerShell's job system for async Python.
+
+Thread, process and command jobs (and, later, remote jobs over SSH) as awaitable state machines
+with bounded, receive-once-or-keep output, on asyncio and on trio.
+"""
+
+from __future__ import annotations
+
+from ._context import emit as emit
+from ._context import progress as progress
+from ._context import stop_requested as stop_requested
+from ._errors import AsyncJobsError as AsyncJobsError
+from ._errors import CommandFailed as CommandFailed
+from ._errors import ConnectionFailed as ConnectionFailed
+from ._errors import HostKeyError as HostKeyError
+from ._errors import JobArgumentError as JobArgumentError
+from ._errors import JobFailed as JobFailed
+from ._errors import JobStateError as JobStateError
+from ._errors import JobStopped as JobStopped
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RemoteError as RemoteError
+from ._job import Job as Job
+from ._manager import JobManager as JobManager
+from ._models import STREAMS as STREAMS
+from ._models import Buffer as Buffer
+from ._models import BufferStatistics as BufferStatistics
+from ._models import JobStatistics as JobStatistics
+from ._models import ManagerStatistics as ManagerStatistics
+from ._models import Progress as Progress
+from ._models import Record as Record
+from ._models import StateChange as StateChange
+from ._state import JobState as JobState
+from ._util import fixup_module_metadata as _fixup_module_metadata
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STREAMS",
+    "AsyncJobsError",
+    "Buffer",
+    "BufferStatistics",
+    "CommandFailed",
+    "ConnectionFailed",
+    "HostKeyError",
+    "Job",
+    "JobArgumentError",
+    "JobFailed",
+    "JobManager",
+    "JobState",
+    "JobStateError",
+    "JobStatistics",
+    "JobStopped",
+    "ManagerStatistics",
+    "Progress",
+    "ProtocolError",
+    "Record",
+    "RemoteError",
+    "StateChange",
+    "emit",
+    "progress",
+    "stop_requested",
+]
+
+_fixup_module_metadata(__name__, globals())
+del _fixup_module_metadata

@@ -1,0 +1,318 @@
+"""``Job``: a state machine (driven through ``_state.TRANSITIONS``) plus a record log.
+
+Runners report events (``_mark_running``, ``_complete``, ``_fail``, ``_mark_stopped``); users read
+records (``receive``, ``stream``), wait, and stop. A parent job holds no records of its own: its
+state is derived from its children and its reads go through them, in child order.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from typing import Any, Literal, final
+
+import anyio
+import attrs
+
+from ._errors import AsyncJobsError, JobFailed, JobStateError, JobStopped
+from ._log import RecordLog, stream_set
+from ._models import JobStatistics, Record, StateChange, StreamName
+from ._state import Event, JobState, next_state, parent_state
+from ._util import NoPublicConstructor
+
+JobKind = Literal["ThreadJob", "BackgroundJob", "RemoteJob"]
+
+
+@final
+@attrs.define(eq=False, repr=False)
+class Job(metaclass=NoPublicConstructor):
+    """One job of a ``JobManager``: where it stands, what it produced, how to stop it.
+
+    Made by the manager (``start_thread``, ``start_process``, ``start_command``, ``invoke``).
+    ``await job`` waits and returns its output, or raises ``JobFailed`` / ``JobStopped``.
+    """
+
+    id: int
+    name: str
+    kind: JobKind
+    command: str
+    location: str = "localhost"
+    _log: RecordLog | None = None
+    _children: tuple[Job, ...] = ()
+    parent: Job | None = None
+    instance_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
+    _state: JobState = JobState.NOT_STARTED
+    _reason: BaseException | None = None
+    exit_status: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    _history: list[StateChange] = attrs.field(factory=list)
+    _changed_event: anyio.Event | None = None
+    _finished: anyio.Event = attrs.field(factory=anyio.Event)
+    _stop_event: anyio.Event = attrs.field(factory=anyio.Event)
+    _listeners: list[Callable[[Job], None]] = attrs.field(factory=list)
+
+    @classmethod
+    def _leaf(
+        cls, *, id: int, name: str | None, kind: JobKind, command: str, location: str, log: RecordLog
+    ) -> Job:
+        job: Job = cls._create(  # type: ignore[attr-defined]
+            id=id, name=name or f"Job{id}", kind=kind, command=command, location=location, log=log
+        )
+        log.add_listener(job._wake)
+        return job
+
+    @classmethod
+    def _parent(
+        cls, *, id: int, name: str | None, kind: JobKind, command: str, children: Iterable[Job]
+    ) -> Job:
+        job: Job = cls._create(  # type: ignore[attr-defined]
+            id=id, name=name or f"Job{id}", kind=kind, command=command, children=tuple(children)
+        )
+        job.location = ",".join(dict.fromkeys(c.location for c in job._children))
+        job._state = parent_state(c.state for c in job._children)
+        for child in job._children:
+            child.parent = job
+            child._listeners.append(job._child_changed)
+        return job
+
+    # -- what users read -------------------------------------------------------------------
+
+    @property
+    def state(self) -> JobState:
+        return self._state
+
+    @property
+    def children(self) -> tuple[Job, ...]:
+        return self._children
+
+    @property
+    def reason(self) -> BaseException | None:
+        """The exception that made the job fail (for a parent: the first failed child's)."""
+        if self._children and self._reason is None:
+            return next((c.reason for c in self._children if c.reason is not None), None)
+        return self._reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_event.is_set()
+
+    @property
+    def has_more_data(self) -> bool:
+        """True while the job is not finished or any record of it is not yet received."""
+        if not self._state.is_finished:
+            return True
+        if self._children:
+            return any(c.has_more_data for c in self._children)
+        return self._log is not None and self._log.unreceived > 0
+
+    @property
+    def dropped(self) -> int:
+        if self._children:
+            return sum(c.dropped for c in self._children)
+        return self._log.dropped if self._log is not None else 0
+
+    def _leaves(self) -> tuple[Job, ...]:
+        return self._children or (self,)
+
+    async def receive(self, *, keep: bool = False) -> list[Any]:
+        """The output items produced so far (Receive-Job); ``keep=True`` leaves them to receive
+        again. For a parent: its children's items, in child order."""
+        return [r.value for r in await self.receive_records(keep=keep, streams=("output",))]
+
+    async def receive_records(
+        self, *, keep: bool = False, streams: Iterable[StreamName] | None = None
+    ) -> list[Record]:
+        """Records of ``streams`` (default all seven) not yet received, in the order produced."""
+        chosen = stream_set(streams)
+        out: list[Record] = []
+        for leaf in self._leaves():
+            log = leaf._log
+            if log is not None:
+                out.extend(log.peek(chosen) if keep else log.take(chosen))
+        await anyio.lowlevel.checkpoint()
+        return out
+
+    def read_records(
+        self, from_seq: int = 0, *, streams: Iterable[StreamName] | None = None, limit: int | None = None
+    ) -> list[Record]:
+        """Records from ``seq`` ``from_seq`` on, received or not, without consuming anything (a
+        second follower, or a controller catching up after a reconnect)."""
+        if self._log is None:
+            raise JobStateError(f"{self._label()} is a parent job: read its children", job=self._label())
+        return self._log.read(from_seq, streams=stream_set(streams), limit=limit)
+
+    async def stream(self, *, streams: Iterable[StreamName] = ("output",)) -> AsyncIterator[Any]:
+        """Yield items as they are produced until the job is finished and drained (Receive-Job
+        -Wait). Consumes like ``receive()``; an item is marked received only as it is yielded."""
+        async for record in self.stream_records(streams=streams):
+            yield record.value
+
+    async def stream_records(
+        self, *, streams: Iterable[StreamName] | None = ("output",)
+    ) -> AsyncIterator[Record]:
+        """Like ``stream()`` but yields whole ``Record``s (``streams=None``: all seven)."""
+        chosen = stream_set(streams)
+        leaves = [leaf for leaf in self._leaves() if leaf._log is not None]
+        while True:
+            changed = self._changed()
+            yielded = False
+            for leaf in leaves:
+                log = leaf._log
+                assert log is not None
+                for record in log.peek(chosen, limit=512):
+                    if log.ack(record):  # another consumer may have taken it meanwhile
+                        yielded = True
+                        yield record
+            if yielded:
+                continue
+            if all(leaf._state.is_finished and leaf._log.pending(chosen) == 0 for leaf in leaves):  # type: ignore[union-attr]
+                return
+            await changed.wait()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the job is finished; False if ``timeout`` seconds passed first."""
+        with anyio.move_on_after(timeout):
+            await self._finished.wait()
+        return self._finished.is_set()
+
+    async def state_changes(self) -> AsyncIterator[StateChange]:
+        """Every state change of the job, from its first, until it is finished."""
+        i = 0
+        while True:
+            changed = self._changed()
+            while i < len(self._history):
+                i += 1
+                yield self._history[i - 1]
+            if self._state.is_finished:
+                return
+            await changed.wait()
+
+    async def stop(self) -> None:
+        """Stop the job (Stop-Job) and wait until it is finished. Stopping a finished job does
+        nothing; a thread job only stops once its function notices ``stop_requested()``."""
+        if self._children:
+            self._stop_event.set()
+            async with anyio.create_task_group() as tg:
+                for child in self._children:
+                    tg.start_soon(child.stop)
+            return
+        if self._state.is_finished:
+            return
+        if not self._stop_event.is_set():
+            self._stop_event.set()
+            if self._state is not JobState.STOPPING:
+                self._apply(Event.STOP)
+        await self._finished.wait()
+
+    def __await__(self) -> Generator[Any, None, list[Any]]:
+        return self._result().__await__()
+
+    async def _result(self) -> list[Any]:
+        await self.wait()
+        if self.state is JobState.FAILED:
+            reason = self.reason
+            raise JobFailed(f"{self._label()} failed: {reason}", reason=reason) from reason
+        if self.state is JobState.STOPPED:
+            raise JobStopped(f"{self._label()} was stopped before it finished")
+        return await self.receive()
+
+    def statistics(self) -> JobStatistics:
+        duration = None
+        if self.started_at is not None:
+            duration = (self.finished_at or time.time()) - self.started_at
+        buffer = self._log.statistics() if self._log is not None else None
+        return JobStatistics(id=self.id, state=self.state, buffer=buffer, duration=duration)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        more = f" children={len(self._children)}" if self._children else ""
+        return f"<asyncjobs.Job {self.id} {self.name!r} {self.kind} {self.state.name}{more}>"
+
+    def _label(self) -> str:
+        return f"job {self.id} ({self.name!r})"
+
+    # -- what runners report ---------------------------------------------------------------
+
+    def _apply(self, event: Event, reason: BaseException | None = None) -> None:
+        previous = self._state
+        self._state = next_state(previous, event, job=self._label())
+        now = time.time()
+        if self._state is JobState.RUNNING and self.started_at is None:
+            self.started_at = now
+        if self._state.is_finished:
+            self._reason = reason
+            self.finished_at = now
+            if self._log is not None:
+                self._log.end()
+        self._history.append(StateChange(previous, self._state, reason))
+        self._wake()
+        if self._state.is_finished:
+            self._finished.set()
+        for listener in self._listeners:
+            listener(self)
+
+    def _mark_running(self) -> None:
+        self._apply(Event.START)
+
+    def _complete(self) -> None:
+        self._apply(Event.COMPLETE)
+
+    def _fail(self, reason: BaseException) -> None:
+        self._apply(Event.FAIL, reason)
+
+    def _mark_stopped(self) -> None:
+        """The stop took effect (or the job was cancelled with its manager)."""
+        if self._state is not JobState.STOPPING and self._state is not JobState.NOT_STARTED:
+            self._apply(Event.STOP)
+        if not self._state.is_finished:
+            self._apply(Event.STOPPED)
+
+    def _finish_after_error(self, exc: BaseException) -> None:
+        """Failure is reachable from everywhere: whatever killed the runner, the job ends."""
+        if self._state.is_finished:
+            return
+        if isinstance(exc, anyio.get_cancelled_exc_class()) or self.stop_requested:
+            self._mark_stopped()
+        else:
+            self._fail(exc)
+
+    def _changed(self) -> anyio.Event:
+        """The event set at the next change of state or records; take it *before* checking."""
+        if self._changed_event is None:
+            self._changed_event = anyio.Event()
+        return self._changed_event
+
+    def _wake(self) -> None:
+        if self._changed_event is not None:
+            self._changed_event.set()
+            self._changed_event = None
+        if self.parent is not None:
+            self.parent._wake()
+
+    def _child_changed(self, child: Job) -> None:
+        state = parent_state((c.state for c in self._children), stop_requested=self.stop_requested)
+        if state is self._state:
+            return
+        previous, self._state = self._state, state
+        if state is JobState.RUNNING and self.started_at is None:
+            self.started_at = child.started_at
+        if state.is_finished:
+            self.finished_at = max((c.finished_at or 0.0) for c in self._children)
+        self._history.append(StateChange(previous, state, child.reason if state is JobState.FAILED else None))
+        self._wake()
+        if state.is_finished:
+            self._finished.set()
+        for listener in self._listeners:
+            listener(self)
+
+    def _release(self) -> None:
+        for leaf in self._leaves():
+            if leaf._log is not None:
+                leaf._log.release()
+
+
+def ensure_job(value: object, what: str = "job") -> Job:
+    if not isinstance(value, Job):
+        raise AsyncJobsError(f"{what} must be an asyncjobs.Job, got {type(value).__name__}: {value!r}")
+    return value

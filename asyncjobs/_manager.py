@@ -1,0 +1,373 @@
+"""``JobManager``: the job table (where Get-Job looks) and the owner of every job's runner.
+
+All runners live in the manager's task group; leaving ``async with`` stops every job that still
+runs, reaps every process and waits for every thread, so nothing outlives the manager.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, final
+
+import anyio
+from anyio.abc import TaskGroup
+
+from . import _command, _process
+from ._errors import AsyncJobsError, JobArgumentError, JobStateError
+from ._job import Job, JobKind, ensure_job
+from ._log import RecordLog
+from ._models import Buffer, ManagerStatistics
+from ._runner import run_in_slot
+from ._state import JobState
+from ._thread import run_thread
+
+
+def _default_threads() -> int:
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+@final
+class JobManager:
+    """A table of jobs and the limits they run under (a PowerShell session's job table).
+
+    ``async with JobManager(thread_limit=8, process_limit=4) as jobs:`` — jobs beyond a limit wait
+    in ``NOT_STARTED`` until a slot frees. Leaving the block stops what still runs.
+    """
+
+    def __init__(
+        self,
+        *,
+        thread_limit: int | None = None,
+        process_limit: int | None = None,
+        buffer: Buffer | None = None,
+        stop_grace: float = 5.0,
+    ) -> None:
+        self.thread_limit = _positive("thread_limit", thread_limit, _default_threads())
+        self.process_limit = _positive("process_limit", process_limit, os.cpu_count() or 1)
+        self.buffer = buffer if buffer is not None else Buffer()
+        if not isinstance(self.buffer, Buffer):
+            raise AsyncJobsError(f"buffer must be an asyncjobs.Buffer, got {buffer!r}")
+        self.stop_grace = stop_grace
+        self._jobs: dict[int, Job] = {}
+        self._next_id = 1
+        self._tg: TaskGroup | None = None
+        self._closed = False
+        self._finished_event: anyio.Event | None = None
+        self._thread_slots: anyio.CapacityLimiter | None = None
+        self._thread_pool: anyio.CapacityLimiter | None = None
+        self._process_slots: anyio.CapacityLimiter | None = None
+        self._workers: _process.WorkerPool | None = None
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> JobManager:
+        if self._tg is not None or self._closed:
+            raise AsyncJobsError("a JobManager can be entered once; make a new one")
+        self._thread_slots = anyio.CapacityLimiter(self.thread_limit)
+        # The pool limiter only bounds to_thread; slots are taken on _thread_slots first.
+        self._thread_pool = anyio.CapacityLimiter(self.thread_limit)
+        self._process_slots = anyio.CapacityLimiter(self.process_limit)
+        self._workers = _process.WorkerPool(size=self.process_limit, stop_grace=self.stop_grace)
+        await self._workers.__aenter__()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None and self._workers is not None
+        self._closed = True
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._stop_all()
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._workers.__aexit__(None, None, None)
+            for job in self._jobs.values():
+                job._release()
+
+    async def _stop_all(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for job in self._jobs.values():
+                if not job.state.is_finished:
+                    tg.start_soon(job.stop)
+
+    def _open_group(self) -> TaskGroup:
+        if self._tg is None or self._closed:
+            raise AsyncJobsError(
+                "this JobManager is not open; start jobs inside 'async with JobManager() as jobs:'"
+            )
+        return self._tg
+
+    # -- starting jobs ---------------------------------------------------------------------
+
+    async def start_thread(
+        self, fn: Callable[..., Any], /, *args: Any, name: str | None = None,
+        buffer: Buffer | None = None, **kwargs: Any,
+    ) -> Job:
+        """Run ``fn(*args, **kwargs)`` in a worker thread (Start-ThreadJob).
+
+        A return value is one output item; a generator's or async generator's items stream as
+        they are yielded; an exception fails the job. Returns once the job runs, or waits in
+        ``NOT_STARTED`` because ``thread_limit`` threads are busy.
+        """
+        tg = self._open_group()
+        _check_callable(fn, "start_thread")
+        job = self._new_job(name, "ThreadJob", _describe(fn), buffer)
+        assert self._thread_slots is not None and self._thread_pool is not None
+        pool = self._thread_pool
+
+        async def body(started: Callable[[], None]) -> None:
+            await run_thread(job, fn, args, kwargs, pool, started)
+
+        await tg.start(run_in_slot, job, self._thread_slots, body)
+        return job
+
+    async def start_process(
+        self, fn: Callable[..., Any], /, *args: Any, name: str | None = None,
+        buffer: Buffer | None = None, cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None, isolated: bool = False, **kwargs: Any,
+    ) -> Job:
+        """Run ``fn(*args, **kwargs)`` in a child Python process (Start-Job).
+
+        By default a warm worker process is reused (one job at a time per worker; a stopped
+        job's worker is killed and replaced). ``isolated=True`` runs the job in a fresh process
+        that exits afterwards: full isolation, at the cost of a Python start-up per job.
+        ``fn`` and its arguments must be picklable (a module-level function, not a lambda).
+        """
+        tg = self._open_group()
+        _check_callable(fn, "start_process")
+        call = _process.prepare_call(fn, args, kwargs, cwd=cwd, env=env)
+        job = self._new_job(name, "BackgroundJob", _describe(fn), buffer)
+        assert self._process_slots is not None and self._workers is not None
+        workers = self._workers
+
+        async def body(started: Callable[[], None]) -> None:
+            await _process.run_process(job, call, workers, started, isolated=isolated)
+
+        await tg.start(run_in_slot, job, self._process_slots, body)
+        return job
+
+    async def start_command(
+        self, command: str | Iterable[str], /, *, name: str | None = None,
+        cwd: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+        input: bytes | str | Iterable[str | bytes] | None = None,  # noqa: A002 - spec's name
+        buffer: Buffer | None = None, stop_grace: float | None = None,
+    ) -> Job:
+        """Run an external program (Start-Job with a native command).
+
+        ``command`` is an argv list (run directly) or a string (run by ``/bin/sh -c``). Stdout
+        lines are output items, stderr lines error records; a non-zero exit fails the job with
+        ``exit_status`` set. A missing ``cwd`` raises here and creates no job.
+        """
+        tg = self._open_group()
+        spec = _command.CommandSpec.build(
+            command, cwd=cwd, env=env, input=input,
+            stop_grace=self.stop_grace if stop_grace is None else stop_grace,
+        )
+        job = self._new_job(name, "BackgroundJob", spec.display, buffer)
+        assert self._process_slots is not None
+
+        async def body(started: Callable[[], None]) -> None:
+            await _command.run_command(job, spec, started)
+
+        await tg.start(run_in_slot, job, self._process_slots, body)
+        return job
+
+    def _new_job(self, name: str | None, kind: JobKind, command: str, buffer: Buffer | None) -> Job:
+        if name is not None and not isinstance(name, str):
+            raise JobArgumentError(f"name must be a str, got {type(name).__name__}: {name!r}")
+        if buffer is not None and not isinstance(buffer, Buffer):
+            raise JobArgumentError(f"buffer must be an asyncjobs.Buffer, got {buffer!r}")
+        job_id = self._next_id
+        self._next_id += 1
+        log = RecordLog(
+            job_id=job_id, location="localhost", buffer=buffer or self.buffer,
+            name=f"job {job_id}" + (f" ({name!r})" if name else ""),
+        )
+        job = Job._leaf(id=job_id, name=name, kind=kind, command=command, location="localhost", log=log)
+        job._listeners.append(self._job_changed)
+        self._jobs[job_id] = job
+        return job
+
+    def _add_parent(self, name: str | None, kind: JobKind, command: str, children: list[Job]) -> Job:
+        """Register a parent job over already registered children (used by ``invoke``)."""
+        job_id = self._next_id
+        self._next_id += 1
+        job = Job._parent(id=job_id, name=name, kind=kind, command=command, children=children)
+        job._listeners.append(self._job_changed)
+        for child in children:
+            self._jobs.pop(child.id, None)  # children are reached through their parent
+        self._jobs[job_id] = job
+        return job
+
+    def _job_changed(self, job: Job) -> None:
+        if self._finished_event is not None and job.state.is_finished:
+            self._finished_event.set()
+            self._finished_event = None
+
+    # -- the table -------------------------------------------------------------------------
+
+    def __getitem__(self, job_id: int) -> Job:
+        for job in self._all():
+            if job.id == job_id:
+                return job
+        raise KeyError(f"no job with id {job_id!r} in this JobManager; jobs.get() lists them")
+
+    def __contains__(self, job: object) -> bool:
+        return any(j is job or j.id == job for j in self._all())
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def _all(self) -> Iterable[Job]:
+        for job in self._jobs.values():
+            yield job
+            yield from job.children
+
+    def get(
+        self, *, id: int | Iterable[int] | None = None, name: str | None = None,  # noqa: A002
+        state: JobState | str | Iterable[JobState | str] | None = None, kind: str | None = None,
+        location: str | None = None, has_more_data: bool | None = None,
+        include_children: bool = False,
+    ) -> list[Job]:
+        """The jobs that match every filter given (Get-Job); ``name`` takes shell wildcards."""
+        ids = None if id is None else ({id} if isinstance(id, int) else set(id))
+        states = None if state is None else _states(state)
+        out: list[Job] = []
+        for job in self._jobs.values():
+            family = (job, *job.children) if include_children else (job,)
+            for j in family:
+                if ids is not None and j.id not in ids:
+                    continue
+                if name is not None and not fnmatch.fnmatchcase(j.name, name):
+                    continue
+                if states is not None and j.state not in states:
+                    continue
+                if kind is not None and j.kind != kind:
+                    continue
+                if location is not None and not fnmatch.fnmatchcase(j.location, location):
+                    continue
+                if has_more_data is not None and j.has_more_data is not has_more_data:
+                    continue
+                out.append(j)
+        return out
+
+    def _resolve(self, job: Job | int) -> Job:
+        if isinstance(job, int) and not isinstance(job, bool):
+            return self[job]
+        job = ensure_job(job)
+        if job not in self:
+            raise KeyError(f"{job._label()} is not in this JobManager")
+        return job
+
+    async def wait(
+        self, *jobs: Job | int, any: bool = False, timeout: float | None = None  # noqa: A002
+    ) -> list[Job]:
+        """Wait-Job: the given jobs (default: all) that are finished when it returns.
+
+        ``any=True`` returns once one is finished. At ``timeout`` it returns what is finished so
+        far (maybe nothing) instead of raising; ``timeout=0`` only polls.
+        """
+        chosen = [self._resolve(j) for j in jobs] if jobs else list(self._jobs.values())
+
+        def done() -> list[Job]:
+            return [j for j in chosen if j.state.is_finished]
+
+        with anyio.move_on_after(timeout):
+            while True:
+                finished = done()
+                if (finished and any) or len(finished) == len(chosen):
+                    break
+                if self._finished_event is None:
+                    self._finished_event = anyio.Event()
+                await self._finished_event.wait()
+        await anyio.lowlevel.checkpoint()
+        return done()
+
+    async def stop(self, job: Job | int) -> None:
+        """Stop-Job: stop the job and wait until it is finished."""
+        await self._resolve(job).stop()
+
+    async def remove(self, job: Job | int, *, force: bool = False) -> None:
+        """Remove-Job: drop a finished job and its records. A job not finished raises
+        ``JobStateError`` unless ``force=True``, which stops it first."""
+        target = self._resolve(job)
+        if target.parent is not None:
+            raise JobStateError(
+                f"{target._label()} is a child of {target.parent._label()}; remove the parent",
+                job=target._label(),
+            )
+        if not target.state.is_finished:
+            if not force:
+                raise JobStateError(
+                    f"{target._label()} is {target.state.name}; stop it first or pass force=True",
+                    job=target._label(), from_state=target.state,
+                )
+            await target.stop()
+        self._jobs.pop(target.id, None)
+        target._release()
+
+    def statistics(self) -> ManagerStatistics:
+        by_state: dict[str, int] = {}
+        for job in self._jobs.values():
+            by_state[job.state.name] = by_state.get(job.state.name, 0) + 1
+        threads = self._thread_slots.borrowed_tokens if self._thread_slots else 0
+        procs = self._process_slots.borrowed_tokens if self._process_slots else 0
+        return ManagerStatistics(
+            jobs=len(self._jobs), by_state=by_state, threads_in_use=int(threads),
+            thread_limit=self.thread_limit, processes_in_use=int(procs),
+            process_limit=self.process_limit,
+            idle_workers=self._workers.idle if self._workers else 0,
+        )
+
+    def __repr__(self) -> str:
+        status = "closed" if self._closed else "open" if self._tg else "not entered"
+        running = sum(1 for j in self._jobs.values() if not j.state.is_finished)
+        return (
+            f"<asyncjobs.JobManager {status} jobs={len(self._jobs)} running={running} "
+            f"thread_limit={self.thread_limit} process_limit={self.process_limit}>"
+        )
+
+
+def _positive(what: str, value: int | None, default: int) -> int:
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise JobArgumentError(f"{what} must be a positive int, got {value!r}")
+    return value
+
+
+def _states(state: JobState | str | Iterable[JobState | str]) -> set[JobState]:
+    items = [state] if isinstance(state, JobState | str) else list(state)
+    out = set()
+    for s in items:
+        if isinstance(s, JobState):
+            out.add(s)
+            continue
+        key = str(s).upper().replace("-", "_")
+        matches = [st for st in JobState if key in (st.name, st.value.upper())]
+        if not matches:
+            raise AsyncJobsError(f"unknown job state {s!r}; states are {[x.name for x in JobState]}")
+        out.update(matches)
+    return out
+
+
+def _check_callable(fn: object, where: str) -> None:
+    if not callable(fn):
+        raise JobArgumentError(
+            f"{where}() needs a callable first, got {type(fn).__name__}: {fn!r}; "
+            f"for a program use start_command()"
+        )
+
+
+def _describe(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
