@@ -109,8 +109,7 @@ def map_os_errors(subject: str, fix: str = "") -> Iterator[None]:
         ) from exc
     except PermissionError as exc:
         raise CommandFailed(
-            f"{subject}: permission denied for {exc.filename or 'file'}"
-            f"{'; ' + fix if fix else ''}"
+            f"{subject}: permission denied for {exc.filename or 'file'}{'; ' + fix if fix else ''}"
         ) from exc
     except OSError as exc:
         raise CommandFailed(f"{subject}: {exc.strerror or exc}") from exc

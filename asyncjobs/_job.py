@@ -55,9 +55,16 @@ class Job(metaclass=NoPublicConstructor):
 
     @classmethod
     def _leaf(
-        cls, *, id: int, name: str | None, kind: JobKind, command: str, location: str, log: RecordLog
+        cls,
+        *,
+        id: int,
+        name: str | None,
+        kind: JobKind,
+        command: str,
+        location: str,
+        log: RecordLog,
     ) -> Job:
-        job: Job = cls._create(  # type: ignore[attr-defined]
+        job: Job = cls._create(
             id=id, name=name or f"Job{id}", kind=kind, command=command, location=location, log=log
         )
         log.add_listener(job._wake)
@@ -67,7 +74,7 @@ class Job(metaclass=NoPublicConstructor):
     def _parent(
         cls, *, id: int, name: str | None, kind: JobKind, command: str, children: Iterable[Job]
     ) -> Job:
-        job: Job = cls._create(  # type: ignore[attr-defined]
+        job: Job = cls._create(
             id=id, name=name or f"Job{id}", kind=kind, command=command, children=tuple(children)
         )
         job.location = ",".join(dict.fromkeys(c.location for c in job._children))
@@ -135,41 +142,30 @@ class Job(metaclass=NoPublicConstructor):
         return out
 
     def read_records(
-        self, from_seq: int = 0, *, streams: Iterable[StreamName] | None = None, limit: int | None = None
+        self,
+        from_seq: int = 0,
+        *,
+        streams: Iterable[StreamName] | None = None,
+        limit: int | None = None,
     ) -> list[Record]:
         """Records from ``seq`` ``from_seq`` on, received or not, without consuming anything (a
         second follower, or a controller catching up after a reconnect)."""
         if self._log is None:
-            raise JobStateError(f"{self._label()} is a parent job: read its children", job=self._label())
+            raise JobStateError(
+                f"{self._label()} is a parent job: read its children", job=self._label()
+            )
         return self._log.read(from_seq, streams=stream_set(streams), limit=limit)
 
-    async def stream(self, *, streams: Iterable[StreamName] = ("output",)) -> AsyncIterator[Any]:
-        """Yield items as they are produced until the job is finished and drained (Receive-Job
-        -Wait). Consumes like ``receive()``; an item is marked received only as it is yielded."""
-        async for record in self.stream_records(streams=streams):
-            yield record.value
+    def stream(self, *, streams: Iterable[StreamName] = ("output",)) -> ItemStream:
+        """``async for item in job.stream()``: items as they are produced, until the job is
+        finished and drained (Receive-Job -Wait). Consumes like ``receive()``, but an item is
+        marked received only as it is handed over, so breaking out (or being cancelled) loses
+        nothing that a later ``receive()`` would return."""
+        return ItemStream(RecordStream(self, stream_set(streams)))
 
-    async def stream_records(
-        self, *, streams: Iterable[StreamName] | None = ("output",)
-    ) -> AsyncIterator[Record]:
+    def stream_records(self, *, streams: Iterable[StreamName] | None = ("output",)) -> RecordStream:
         """Like ``stream()`` but yields whole ``Record``s (``streams=None``: all seven)."""
-        chosen = stream_set(streams)
-        leaves = [leaf for leaf in self._leaves() if leaf._log is not None]
-        while True:
-            changed = self._changed()
-            yielded = False
-            for leaf in leaves:
-                log = leaf._log
-                assert log is not None
-                for record in log.peek(chosen, limit=512):
-                    if log.ack(record):  # another consumer may have taken it meanwhile
-                        yielded = True
-                        yield record
-            if yielded:
-                continue
-            if all(leaf._state.is_finished and leaf._log.pending(chosen) == 0 for leaf in leaves):  # type: ignore[union-attr]
-                return
-            await changed.wait()
+        return RecordStream(self, stream_set(streams))
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until the job is finished; False if ``timeout`` seconds passed first."""
@@ -299,7 +295,9 @@ class Job(metaclass=NoPublicConstructor):
             self.started_at = child.started_at
         if state.is_finished:
             self.finished_at = max((c.finished_at or 0.0) for c in self._children)
-        self._history.append(StateChange(previous, state, child.reason if state is JobState.FAILED else None))
+        self._history.append(
+            StateChange(previous, state, child.reason if state is JobState.FAILED else None)
+        )
         self._wake()
         if state.is_finished:
             self._finished.set()
@@ -312,7 +310,59 @@ class Job(metaclass=NoPublicConstructor):
                 leaf._log.release()
 
 
+@final
+class RecordStream:
+    """The iterator behind ``stream_records()``: a plain object, not an async generator, so that
+    breaking out of ``async for`` needs no ``aclosing`` on any backend."""
+
+    __slots__ = ("_batch", "_job", "_streams")
+
+    def __init__(self, job: Job, streams: frozenset[StreamName]) -> None:
+        self._job = job
+        self._streams = streams
+        self._batch: list[tuple[RecordLog, Record]] = []
+
+    def __aiter__(self) -> RecordStream:
+        return self
+
+    async def __anext__(self) -> Record:
+        logs = [(leaf, leaf._log) for leaf in self._job._leaves() if leaf._log is not None]
+        while True:
+            while self._batch:
+                log, record = self._batch.pop()
+                if log.ack(record):  # another consumer may have taken it meanwhile
+                    return record  # no await between ack and hand-over: nothing is lost
+            await anyio.lowlevel.checkpoint()  # once per batch: let others run, honour cancels
+            changed = self._job._changed()
+            for _, log in logs:
+                self._batch.extend((log, r) for r in log.peek(self._streams, limit=512))
+            if self._batch:
+                self._batch.reverse()
+                continue
+            if all(leaf.state.is_finished and not log.pending(self._streams) for leaf, log in logs):
+                raise StopAsyncIteration
+            await changed.wait()
+
+
+@final
+class ItemStream:
+    """The iterator behind ``stream()``: record values only."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: RecordStream) -> None:
+        self._records = records
+
+    def __aiter__(self) -> ItemStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return (await self._records.__anext__()).value
+
+
 def ensure_job(value: object, what: str = "job") -> Job:
     if not isinstance(value, Job):
-        raise AsyncJobsError(f"{what} must be an asyncjobs.Job, got {type(value).__name__}: {value!r}")
+        raise AsyncJobsError(
+            f"{what} must be an asyncjobs.Job, got {type(value).__name__}: {value!r}"
+        )
     return value

@@ -42,9 +42,7 @@ def stream_set(streams: Iterable[str] | None) -> frozenset[StreamName]:
     chosen = frozenset(streams)
     unknown = chosen - _ALL
     if unknown:
-        raise ValueError(
-            f"unknown stream(s) {sorted(unknown)}; streams are {', '.join(STREAMS)}"
-        )
+        raise ValueError(f"unknown stream(s) {sorted(unknown)}; streams are {', '.join(STREAMS)}")
     return chosen  # type: ignore[return-value]
 
 
@@ -89,7 +87,9 @@ class RecordLog:
     def append_nowait(self, stream: StreamName, value: Any) -> Record:
         """Add a record now; in ``block`` mode raise ``anyio.WouldBlock`` when full."""
         if self._ended:
-            raise JobStateError(f"{self._name} is finished: it takes no more records", job=self._name)
+            raise JobStateError(
+                f"{self._name} is finished: it takes no more records", job=self._name
+            )
         if self.buffer.mode == "block" and self._full():
             raise anyio.WouldBlock
         record = Record(stream, value, self.job_id, self.location, self._next, time.time())
@@ -292,7 +292,7 @@ class RecordLog:
             items=self.unreceived,
             bytes=self._pending_bytes,
             in_memory=len(self._mem),
-            spilled=self._spill.spilled_total if self._spill else 0,
+            spilled=self._spill.spilled_total if self._spill is not None else 0,
             dropped=self._dropped,
             high_water=self._high_water,
             next_seq=self._next,

@@ -87,7 +87,11 @@ class JobManager:
         try:
             with anyio.CancelScope(shield=True):
                 await self._stop_all()
-            return await self._tg.__aexit__(exc_type, exc, tb)
+            # Every runner has finished (runners record failures, never raise them), so the
+            # group ends cleanly; the caller's own exception then propagates as it was, not
+            # wrapped in an ExceptionGroup.
+            await self._tg.__aexit__(None, None, None)
+            return None
         finally:
             with anyio.CancelScope(shield=True):
                 await self._workers.__aexit__(None, None, None)
@@ -110,8 +114,13 @@ class JobManager:
     # -- starting jobs ---------------------------------------------------------------------
 
     async def start_thread(
-        self, fn: Callable[..., Any], /, *args: Any, name: str | None = None,
-        buffer: Buffer | None = None, **kwargs: Any,
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        name: str | None = None,
+        buffer: Buffer | None = None,
+        **kwargs: Any,
     ) -> Job:
         """Run ``fn(*args, **kwargs)`` in a worker thread (Start-ThreadJob).
 
@@ -132,9 +141,16 @@ class JobManager:
         return job
 
     async def start_process(
-        self, fn: Callable[..., Any], /, *args: Any, name: str | None = None,
-        buffer: Buffer | None = None, cwd: str | os.PathLike[str] | None = None,
-        env: Mapping[str, str] | None = None, isolated: bool = False, **kwargs: Any,
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        name: str | None = None,
+        buffer: Buffer | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        isolated: bool = False,
+        **kwargs: Any,
     ) -> Job:
         """Run ``fn(*args, **kwargs)`` in a child Python process (Start-Job).
 
@@ -157,10 +173,16 @@ class JobManager:
         return job
 
     async def start_command(
-        self, command: str | Iterable[str], /, *, name: str | None = None,
-        cwd: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
-        input: bytes | str | Iterable[str | bytes] | None = None,  # noqa: A002 - spec's name
-        buffer: Buffer | None = None, stop_grace: float | None = None,
+        self,
+        command: str | Iterable[str],
+        /,
+        *,
+        name: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        input: bytes | str | Iterable[str | bytes] | None = None,
+        buffer: Buffer | None = None,
+        stop_grace: float | None = None,
     ) -> Job:
         """Run an external program (Start-Job with a native command).
 
@@ -170,7 +192,10 @@ class JobManager:
         """
         tg = self._open_group()
         spec = _command.CommandSpec.build(
-            command, cwd=cwd, env=env, input=input,
+            command,
+            cwd=cwd,
+            env=env,
+            input=input,
             stop_grace=self.stop_grace if stop_grace is None else stop_grace,
         )
         job = self._new_job(name, "BackgroundJob", spec.display, buffer)
@@ -190,15 +215,21 @@ class JobManager:
         job_id = self._next_id
         self._next_id += 1
         log = RecordLog(
-            job_id=job_id, location="localhost", buffer=buffer or self.buffer,
+            job_id=job_id,
+            location="localhost",
+            buffer=buffer or self.buffer,
             name=f"job {job_id}" + (f" ({name!r})" if name else ""),
         )
-        job = Job._leaf(id=job_id, name=name, kind=kind, command=command, location="localhost", log=log)
+        job = Job._leaf(
+            id=job_id, name=name, kind=kind, command=command, location="localhost", log=log
+        )
         job._listeners.append(self._job_changed)
         self._jobs[job_id] = job
         return job
 
-    def _add_parent(self, name: str | None, kind: JobKind, command: str, children: list[Job]) -> Job:
+    def _add_parent(
+        self, name: str | None, kind: JobKind, command: str, children: list[Job]
+    ) -> Job:
         """Register a parent job over already registered children (used by ``invoke``)."""
         job_id = self._next_id
         self._next_id += 1
@@ -234,9 +265,14 @@ class JobManager:
             yield from job.children
 
     def get(
-        self, *, id: int | Iterable[int] | None = None, name: str | None = None,  # noqa: A002
-        state: JobState | str | Iterable[JobState | str] | None = None, kind: str | None = None,
-        location: str | None = None, has_more_data: bool | None = None,
+        self,
+        *,
+        id: int | Iterable[int] | None = None,
+        name: str | None = None,
+        state: JobState | str | Iterable[JobState | str] | None = None,
+        kind: str | None = None,
+        location: str | None = None,
+        has_more_data: bool | None = None,
         include_children: bool = False,
     ) -> list[Job]:
         """The jobs that match every filter given (Get-Job); ``name`` takes shell wildcards."""
@@ -270,7 +306,7 @@ class JobManager:
         return job
 
     async def wait(
-        self, *jobs: Job | int, any: bool = False, timeout: float | None = None  # noqa: A002
+        self, *jobs: Job | int, any: bool = False, timeout: float | None = None
     ) -> list[Job]:
         """Wait-Job: the given jobs (default: all) that are finished when it returns.
 
@@ -310,7 +346,8 @@ class JobManager:
             if not force:
                 raise JobStateError(
                     f"{target._label()} is {target.state.name}; stop it first or pass force=True",
-                    job=target._label(), from_state=target.state,
+                    job=target._label(),
+                    from_state=target.state,
                 )
             await target.stop()
         self._jobs.pop(target.id, None)
@@ -323,8 +360,11 @@ class JobManager:
         threads = self._thread_slots.borrowed_tokens if self._thread_slots else 0
         procs = self._process_slots.borrowed_tokens if self._process_slots else 0
         return ManagerStatistics(
-            jobs=len(self._jobs), by_state=by_state, threads_in_use=int(threads),
-            thread_limit=self.thread_limit, processes_in_use=int(procs),
+            jobs=len(self._jobs),
+            by_state=by_state,
+            threads_in_use=int(threads),
+            thread_limit=self.thread_limit,
+            processes_in_use=int(procs),
             process_limit=self.process_limit,
             idle_workers=self._workers.idle if self._workers else 0,
         )
@@ -356,7 +396,9 @@ def _states(state: JobState | str | Iterable[JobState | str]) -> set[JobState]:
         key = str(s).upper().replace("-", "_")
         matches = [st for st in JobState if key in (st.name, st.value.upper())]
         if not matches:
-            raise AsyncJobsError(f"unknown job state {s!r}; states are {[x.name for x in JobState]}")
+            raise AsyncJobsError(
+                f"unknown job state {s!r}; states are {[x.name for x in JobState]}"
+            )
         out.update(matches)
     return out
 

@@ -30,11 +30,11 @@ async def run_in_slot(
     While no slot is free the job waits in ``NOT_STARTED`` and ``start_*`` has already returned;
     ``stop()`` in that time finishes it as ``STOPPED`` without ever running it.
     """
-    queued = signalled = False
+    signalled = False
     try:
         limiter.acquire_on_behalf_of_nowait(job)
     except anyio.WouldBlock:
-        queued = signalled = True
+        signalled = True
         task_status.started()
         if not await _wait_for_slot(job, limiter):
             return

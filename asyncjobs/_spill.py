@@ -46,7 +46,7 @@ class SpillFile:
         for row in rows:
             try:
                 blob = pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:  # noqa: BLE001 - any value that won't pickle stays in memory
+            except Exception:
                 self._offsets.append(_PINNED)
                 self._pinned[seq] = row
             else:
@@ -80,7 +80,7 @@ class SpillFile:
             if off == _PINNED:
                 stream, value, t = self._pinned[seq]
             else:
-                stream, value, t = pickle.loads(data[off - begin : ends[i] - begin])
+                stream, value, t = pickle.loads(data[off - begin : ends[i - lo] - begin])
             yield seq, stream, value, t
 
     def _next_offset(self, i: int) -> int:

@@ -115,7 +115,9 @@ def next_state(state: JobState, event: Event, *, job: str = "job") -> JobState:
     except KeyError:
         target = EVENT_TARGET[event]
         allowed = sorted(e.value for (s, e) in TRANSITIONS if s is state)
-        hint = f"events allowed there: {', '.join(allowed)}" if allowed else f"{state.name} is final"
+        hint = (
+            f"events allowed there: {', '.join(allowed)}" if allowed else f"{state.name} is final"
+        )
         raise JobStateError(
             f"{job} can't go from {state.name} to {target.name} (event {event.value!r}; {hint})",
             job=job,

@@ -45,7 +45,9 @@ class ThreadSink:
         return self._job.stop_requested
 
 
-def call_in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], sink: ThreadSink) -> Any:
+def call_in_thread(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], sink: ThreadSink
+) -> Any:
     """What runs in the worker thread: call, drive a generator, or run an async function."""
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
         return asyncio.run(_drive_async(fn(*args, **kwargs), sink))
@@ -98,7 +100,9 @@ async def run_thread(
     try:
         started()
         try:
-            result = await anyio.to_thread.run_sync(call_in_thread, fn, args, kwargs, sink, limiter=pool)
+            result = await anyio.to_thread.run_sync(
+                call_in_thread, fn, args, kwargs, sink, limiter=pool
+            )
         except _StoppedAtYield:
             job._mark_stopped()
             return

@@ -17,7 +17,7 @@ import pytest
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     backend: str = request.param
     if backend == "trio":
-        import trio  # noqa: F401 - must import: a missing trio is a failure, not a skip
+        import trio
 
         major, minor = (int(x) for x in trio.__version__.split(".")[:2])
         assert (major, minor) >= (0, 32), f"trio {trio.__version__} is too old for anyio"
