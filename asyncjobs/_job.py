@@ -79,6 +79,10 @@ class Job(metaclass=NoPublicConstructor):
         )
         job.location = ",".join(dict.fromkeys(c.location for c in job._children))
         job._state = parent_state(c.state for c in job._children)
+        job.started_at = min((c.started_at for c in job._children if c.started_at), default=None)
+        if job._state.is_finished:
+            job.finished_at = max((c.finished_at or 0.0) for c in job._children)
+            job._finished.set()
         for child in job._children:
             child.parent = job
             child._listeners.append(job._child_changed)
@@ -198,6 +202,8 @@ class Job(metaclass=NoPublicConstructor):
             return
         if not self._stop_event.is_set():
             self._stop_event.set()
+            if self._log is not None:
+                self._log.unblock()
             if self._state is not JobState.STOPPING:
                 self._apply(Event.STOP)
         await self._finished.wait()
@@ -291,7 +297,7 @@ class Job(metaclass=NoPublicConstructor):
         if state is self._state:
             return
         previous, self._state = self._state, state
-        if state is JobState.RUNNING and self.started_at is None:
+        if self.started_at is None:
             self.started_at = child.started_at
         if state.is_finished:
             self.finished_at = max((c.finished_at or 0.0) for c in self._children)

@@ -67,6 +67,7 @@ class RecordLog:
         self._high_water = 0
         self._waiting_producers = 0
         self._ended = False
+        self._unbounded = False  # set by unblock(): a stopping job's producer must not hang
         self._released = False
         self._changed: anyio.Event | None = None  # made only when someone waits
         self._listeners: list[Callable[[], None]] = []
@@ -76,7 +77,7 @@ class RecordLog:
     async def append(self, stream: StreamName, value: Any) -> Record:
         """Add a record. In ``block`` mode wait while the unreceived part is at its bound."""
         if self.buffer.mode == "block":
-            while self._full() and not self._ended:
+            while self._full() and not self._ended and not self._unbounded:
                 self._waiting_producers += 1
                 try:
                     await self.changed().wait()
@@ -90,7 +91,7 @@ class RecordLog:
             raise JobStateError(
                 f"{self._name} is finished: it takes no more records", job=self._name
             )
-        if self.buffer.mode == "block" and self._full():
+        if self.buffer.mode == "block" and self._full() and not self._unbounded:
             raise anyio.WouldBlock
         record = Record(stream, value, self.job_id, self.location, self._next, time.time())
         size = sizeof(value)
@@ -110,6 +111,12 @@ class RecordLog:
     def end(self) -> None:
         """No more records will come (the job is finished); wakes every waiting reader."""
         self._ended = True
+        self._notify()
+
+    def unblock(self) -> None:
+        """Let waiting and future appends through regardless of the bound (the job is being
+        stopped: a producer held by ``block`` mode must be free to notice and end)."""
+        self._unbounded = True
         self._notify()
 
     def _full(self) -> bool:

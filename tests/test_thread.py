@@ -315,3 +315,31 @@ async def test_repr_and_no_public_constructor() -> None:
         assert repr(job) == "<asyncjobs.Job 1 'build' ThreadJob COMPLETED>"
     with pytest.raises(TypeError, match="no public constructor"):
         asyncjobs.Job(id=1)  # type: ignore[call-arg]
+
+
+def emit_forever() -> None:
+    while True:
+        asyncjobs.emit("x")
+        if asyncjobs.stop_requested():
+            return
+
+
+async def test_stop_frees_a_producer_held_by_block_mode() -> None:
+    async with JobManager() as jobs:
+        job = await jobs.start_thread(emit_forever, buffer=Buffer(max_items=3, mode="block"))
+        with anyio.fail_after(10):
+            while job.statistics().buffer.blocked_producers == 0:
+                await anyio.sleep(0.005)
+        with anyio.fail_after(10):
+            await job.stop()
+        assert job.state is JobState.STOPPED
+        assert len(await job.receive()) >= 3
+
+
+async def test_leaving_the_manager_frees_a_blocked_producer() -> None:
+    with anyio.fail_after(10):
+        async with JobManager() as jobs:
+            job = await jobs.start_thread(emit_forever, buffer=Buffer(max_items=3, mode="block"))
+            while job.statistics().buffer.blocked_producers == 0:
+                await anyio.sleep(0.005)
+    assert job.state is JobState.STOPPED
