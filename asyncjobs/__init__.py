@@ -29,6 +29,10 @@ from ._models import ManagerStatistics as ManagerStatistics
 from ._models import Progress as Progress
 from ._models import Record as Record
 from ._models import StateChange as StateChange
+from ._remote import RemoteTimings as RemoteTimings
+from ._remote import to_jsonl as timings_jsonl
+from ._ssh import Session as Session
+from ._ssh import connect as connect
 from ._state import JobState as JobState
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
@@ -55,10 +59,14 @@ __all__ = [
     "ProtocolError",
     "Record",
     "RemoteError",
+    "RemoteTimings",
+    "Session",
     "StateChange",
+    "connect",
     "emit",
     "progress",
     "stop_requested",
+    "timings_jsonl",
 ]
 
 _fixup_module_metadata(__name__, globals())

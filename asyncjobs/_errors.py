@@ -81,15 +81,22 @@ class JobArgumentError(AsyncJobsError, TypeError):
 
 
 class ConnectionFailed(AsyncJobsError):
-    """A connection to a host could not be made or was lost; ``host`` says which."""
+    """A connection to a host could not be made or was lost; ``host`` says which.
 
-    def __init__(self, message: str, *, host: str | None = None) -> None:
+    ``retryable`` is True for failures that another attempt may cure (refused, reset, timed out,
+    lost), False for those it will not (authentication refused, host key unknown)."""
+
+    def __init__(self, message: str, *, host: str | None = None, retryable: bool = True) -> None:
         super().__init__(message)
         self.host = host
+        self.retryable = retryable
 
 
 class HostKeyError(ConnectionFailed):
     """A host's key is unknown or does not match ``known_hosts``."""
+
+    def __init__(self, message: str, *, host: str | None = None) -> None:
+        super().__init__(message, host=host, retryable=False)
 
 
 class ProtocolError(AsyncJobsError):

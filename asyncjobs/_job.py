@@ -52,6 +52,8 @@ class Job(metaclass=NoPublicConstructor):
     _finished: anyio.Event = attrs.field(factory=anyio.Event)
     _stop_event: anyio.Event = attrs.field(factory=anyio.Event)
     _listeners: list[Callable[[Job], None]] = attrs.field(factory=list)
+    #: Per-phase timings of a remote job (``RemoteTimings``), None for local jobs.
+    timings: Any = None
 
     @classmethod
     def _leaf(
@@ -225,7 +227,9 @@ class Job(metaclass=NoPublicConstructor):
         if self.started_at is not None:
             duration = (self.finished_at or time.time()) - self.started_at
         buffer = self._log.statistics() if self._log is not None else None
-        return JobStatistics(id=self.id, state=self.state, buffer=buffer, duration=duration)  # type: ignore[arg-type]
+        return JobStatistics(
+            id=self.id, state=self.state, buffer=buffer, duration=duration, timings=self.timings
+        )
 
     def __repr__(self) -> str:
         more = f" children={len(self._children)}" if self._children else ""

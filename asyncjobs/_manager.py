@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
 from anyio.abc import TaskGroup
@@ -23,6 +23,12 @@ from ._models import Buffer, ManagerStatistics
 from ._runner import run_in_slot
 from ._state import JobState
 from ._thread import run_thread
+
+if TYPE_CHECKING:
+    from ._remote import FailurePolicy
+    from ._ssh import Session
+
+DEFAULT_MAX_CHANNELS = 10  # sshd's MaxSessions default (asyncjobs._ssh keeps the same number)
 
 
 def _default_threads() -> int:
@@ -207,7 +213,60 @@ class JobManager:
         await tg.start(run_in_slot, job, self._process_slots, body)
         return job
 
-    def _new_job(self, name: str | None, kind: JobKind, command: str, buffer: Buffer | None) -> Job:
+    async def invoke(
+        self,
+        targets: Sequence[str | Session] | str | Session,
+        command: str | Sequence[str],
+        /,
+        *,
+        name: str | None = None,
+        throttle_limit: int = 32,
+        on_failure: FailurePolicy = "continue",
+        retries: int = 0,
+        timeout: float | None = None,
+        buffer: Buffer | None = None,
+        stop_grace: float | None = None,
+        max_channels: int = DEFAULT_MAX_CHANNELS,
+        **ssh_options: Any,
+    ) -> Job:
+        """Run ``command`` on every target (Invoke-Command -AsJob): a parent ``RemoteJob`` with
+        one child per target, in argument order, ``child.location`` its host.
+
+        Targets are host strings (``host``, ``user@host:port``, ``[::1]:2222``: a temporary
+        connection, closed when the child finishes) or ``Session``s (kept open). At most
+        ``throttle_limit`` children connect or run at once. One host's failure fails only its
+        child; ``on_failure="fail_fast"`` (or a failure fraction such as ``0.1``) stops the rest
+        instead. ``retries`` retries connection-level failures (never auth or host-key ones)
+        with backoff; ``timeout`` bounds the command, ``connect_timeout=`` the connection. Every
+        other keyword is an asyncssh client option for the temporary connections.
+        Needs asyncio (asyncssh); returns at once with the children scheduled.
+        """
+        from ._remote import start_invoke
+
+        return await start_invoke(
+            self,
+            targets,
+            command,
+            name=name,
+            throttle_limit=throttle_limit,
+            on_failure=on_failure,
+            retries=retries,
+            timeout=timeout,
+            buffer=buffer,
+            stop_grace=self.stop_grace if stop_grace is None else stop_grace,
+            max_channels=max_channels,
+            ssh_options=ssh_options,
+        )
+
+    def _new_job(
+        self,
+        name: str | None,
+        kind: JobKind,
+        command: str,
+        buffer: Buffer | None,
+        *,
+        location: str = "localhost",
+    ) -> Job:
         if name is not None and not isinstance(name, str):
             raise JobArgumentError(f"name must be a str, got {type(name).__name__}: {name!r}")
         if buffer is not None and not isinstance(buffer, Buffer):
@@ -216,12 +275,12 @@ class JobManager:
         self._next_id += 1
         log = RecordLog(
             job_id=job_id,
-            location="localhost",
+            location=location,
             buffer=buffer or self.buffer,
             name=f"job {job_id}" + (f" ({name!r})" if name else ""),
         )
         job = Job._leaf(
-            id=job_id, name=name, kind=kind, command=command, location="localhost", log=log
+            id=job_id, name=name, kind=kind, command=command, location=location, log=log
         )
         job._listeners.append(self._job_changed)
         self._jobs[job_id] = job

@@ -113,8 +113,9 @@ class JobStatistics:
 
     id: int
     state: JobState
-    buffer: BufferStatistics
+    buffer: BufferStatistics | None  # None for a parent job (its children hold the records)
     duration: float | None
+    timings: Any = None  # RemoteTimings of a remote job
 
 
 @attrs.frozen

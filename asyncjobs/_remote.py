@@ -1,0 +1,496 @@
+"""Remote command jobs over SSH: one runner per channel, and the fan-out of ``invoke``.
+
+The runner is the command runner's loop over an SSH channel: stdout lines become output items,
+stderr lines error records, each awaited append is the backpressure (not reading the channel lets
+the SSH window fill and the remote writer block). The remote command runs as the leader of its
+own process group (sshd starts every session in a new session); its first output line tells us
+the group id, and ``stop()`` kills the group over a second channel, so that it works without a pty
+and on servers that ignore SSH signal requests, and reports STOPPED only once the group is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import anyio
+import asyncssh
+import attrs
+
+from ._errors import CommandFailed, ConnectionFailed, JobArgumentError
+from ._job import Job
+from ._lines import LineSplitter
+from ._log import RecordLog
+from ._models import Buffer
+from ._runner import run_in_slot
+from ._ssh import (
+    DEFAULT_MAX_CHANNELS,
+    ConnectTimings,
+    Session,
+    map_ssh_errors,
+    open_connection,
+    require_asyncio,
+)
+from ._targets import Target
+
+if TYPE_CHECKING:
+    from ._manager import JobManager
+
+_MARK: Final = b"\x1easyncjobs-pgid "
+_CHUNK: Final = 65536
+_OPEN_RETRIES: Final = 6  # a refused channel is retried with backoff this many times
+
+FailurePolicy = Literal["continue", "fail_fast"] | float
+
+
+@attrs.frozen
+class RemoteTimings:
+    """Where a remote child's time went, by phase (seconds), and the bytes it moved.
+
+    ``connect`` and ``auth`` are None on a persistent ``Session``; ``first_byte`` and ``exit``
+    count from the moment the channel was open.
+    """
+
+    location: str
+    connect: float | None
+    auth: float | None
+    channel_open: float | None
+    first_byte: float | None
+    exit: float | None
+    bytes_in: int
+    bytes_out: int
+    attempts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def to_jsonl(job: Job) -> str:
+    """The timings of a fan-out's children (or of one remote job) as JSON lines."""
+    rows = []
+    for child in job.children or (job,):
+        timings = child.timings
+        if isinstance(timings, RemoteTimings):
+            row = {"job_id": child.id, "state": child.state.value, "exit_status": child.exit_status}
+            rows.append(json.dumps(row | timings.to_dict()))
+    return "\n".join(rows) + ("\n" if rows else "")
+
+
+def shell_command(command: str | Sequence[str]) -> str:
+    """A command as one string for the remote POSIX shell (an argv list is quoted safely)."""
+    if isinstance(command, str):
+        if not command.strip():
+            raise JobArgumentError("the remote command is empty")
+        return command
+    if not isinstance(command, Sequence) or not command:
+        raise JobArgumentError(
+            f"command must be a string or a non-empty argv list, got {command!r}"
+        )
+    if not all(isinstance(a, str) for a in command):
+        raise JobArgumentError(f"every argv element must be a str, got {command!r}")
+    return shlex.join(command)
+
+
+def _wrapped(command: str) -> str:
+    # The shell sshd starts leads its own process group; its pid ($$) is that group's id.
+    return f"printf '\\036asyncjobs-pgid %s\\n' \"$$\"; {command}"
+
+
+def _kill_script(pgid: int, grace: float) -> str:
+    ticks = max(1, round(grace * 10))
+    alive = f"kill -s 0 -- -{pgid} 2>/dev/null"
+    return (
+        f"kill -s TERM -- -{pgid} 2>/dev/null || exit 0; i=0; "
+        f"while {alive} && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done; "
+        f"kill -s KILL -- -{pgid} 2>/dev/null; i=0; "
+        f"while {alive} && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
+        f"! {alive}"
+    )
+
+
+@attrs.define
+class _Progress:
+    """What the runner learns while a remote command runs."""
+
+    pgid: int | None = None
+    channel_open: float | None = None
+    first_byte: float | None = None
+    exit: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    pgid_known: anyio.Event = attrs.field(factory=anyio.Event)
+    group_gone: bool | None = None  # after a kill: did the remote group really end?
+
+
+async def _open_process(session: Session, command: str) -> asyncssh.SSHClientProcess[bytes]:
+    """Open a channel running ``command``; a refused channel is retried with backoff."""
+    delay = 0.05
+    for attempt in range(_OPEN_RETRIES + 1):
+        try:
+            with map_ssh_errors(session.where):
+                return await session.connection.create_process(command, encoding=None)
+        except ConnectionFailed as exc:
+            if not isinstance(exc.__cause__, asyncssh.ChannelOpenError) or attempt == _OPEN_RETRIES:
+                raise
+        await anyio.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
+async def kill_group(session: Session, pgid: int, grace: float) -> bool:
+    """TERM the remote group, wait ``grace``, KILL, wait until it is gone: True if gone."""
+    async with session._control_channels:
+        with map_ssh_errors(session.where):
+            result = await session.connection.run(_kill_script(pgid, grace), check=False)
+    return result.exit_status == 0
+
+
+async def run_remote(
+    job: Job,
+    session: Session,
+    command: str,
+    started: Callable[[], None],
+    *,
+    timeout: float | None,
+    stop_grace: float,
+    connect: ConnectTimings | None = None,
+    attempts: int = 1,
+) -> None:
+    """The body of a remote command job on an open session (see ``_runner.run_in_slot``)."""
+    progress = _Progress()
+    try:
+        await _run(job, session, command, started, progress, timeout, stop_grace)
+    finally:
+        job.timings = RemoteTimings(
+            location=job.location,
+            connect=connect.connect if connect else None,
+            auth=connect.auth if connect else None,
+            channel_open=progress.channel_open,
+            first_byte=progress.first_byte,
+            exit=progress.exit,
+            bytes_in=progress.bytes_in,
+            bytes_out=progress.bytes_out,
+            attempts=attempts,
+        )
+
+
+async def _run(
+    job: Job,
+    session: Session,
+    command: str,
+    started: Callable[[], None],
+    progress: _Progress,
+    timeout: float | None,
+    stop_grace: float,
+) -> None:
+    log = job._log
+    assert log is not None
+    where = session.where
+    t0 = time.perf_counter()
+    async with session._job_channels:
+        process = await _open_process(session, _wrapped(command))
+        progress.channel_open = time.perf_counter() - t0
+        t_open = time.perf_counter()
+        started()
+        timed_out = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_stop_on_request, job, session, progress, process, stop_grace)
+                with anyio.move_on_after(timeout) as scope:
+                    async with anyio.create_task_group() as readers:
+                        readers.start_soon(_read, process.stdout, log, "output", progress, t_open)
+                        readers.start_soon(_read, process.stderr, log, "error", progress, t_open)
+                    await process.wait_closed()
+                timed_out = scope.cancelled_caught
+                tg.cancel_scope.cancel()
+            if timed_out:
+                with anyio.CancelScope(shield=True):
+                    await _kill(session, progress, process, stop_grace)
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # cancelled with its manager: kill, then go
+                await _kill(session, progress, process, stop_grace)
+            raise
+        progress.exit = time.perf_counter() - t_open
+    _finish(job, where, process, progress, timed_out, timeout)
+
+
+def _finish(
+    job: Job,
+    where: str,
+    process: asyncssh.SSHClientProcess[bytes],
+    progress: _Progress,
+    timed_out: bool,
+    timeout: float | None,
+) -> None:
+    status, sig = process.exit_status, process.exit_signal
+    job.exit_status = status if status is not None and status >= 0 else None
+    if job.stop_requested and progress.group_gone is False:
+        job._fail(
+            CommandFailed(
+                f"{where}: {job.command!r} was asked to stop, but its process group "
+                f"{progress.pgid} survived TERM and KILL; check the host"
+            )
+        )
+    elif job.stop_requested:
+        job._mark_stopped()
+    elif timed_out:
+        job._fail(
+            CommandFailed(f"{where}: {job.command!r} timed out after {timeout:g} s; it was killed")
+        )
+    elif sig is not None:
+        name = sig[0]
+        job._fail(CommandFailed(f"{where}: {job.command!r} was killed by signal SIG{name}"))
+    elif status is None:
+        job._fail(
+            ConnectionFailed(
+                f"{where}: the connection was lost while {job.command!r} ran", host=where
+            )
+        )
+    elif status != 0:
+        job._fail(
+            CommandFailed(
+                f"{where}: {job.command!r} exited with status {status}", exit_status=status
+            )
+        )
+    else:
+        job._complete()
+
+
+async def _read(
+    reader: asyncssh.SSHReader[bytes],
+    log: RecordLog,
+    stream: Literal["output", "error"],
+    progress: _Progress,
+    t_open: float,
+) -> None:
+    splitter = LineSplitter()
+    head = stream == "output"  # the first stdout line carries the group id
+    pending = b""
+    while True:
+        try:
+            data = await reader.read(_CHUNK)
+        except (asyncssh.Error, OSError):
+            break  # a lost connection: _finish reports it from the exit status
+        if not data:
+            break
+        progress.bytes_in += len(data)
+        if progress.first_byte is None:
+            progress.first_byte = time.perf_counter() - t_open
+        if head:
+            pending += data
+            newline = pending.find(b"\n")
+            if newline < 0 and len(pending) < 64:
+                continue
+            head = False
+            data, pending = pending, b""
+            if data.startswith(_MARK) and newline >= 0:
+                progress.pgid = int(data[len(_MARK) : newline])
+                progress.pgid_known.set()
+                data = data[newline + 1 :]
+        for line in splitter.feed(data):
+            await log.append(stream, line)
+    if head and pending:  # short output without a newline (or no marker at all)
+        for line in splitter.feed(pending):
+            await log.append(stream, line)
+    last = splitter.flush()
+    if last is not None:
+        await log.append(stream, last)
+    if stream == "output":
+        progress.pgid_known.set()  # no marker (not a POSIX shell?): stop falls back to closing
+
+
+async def _stop_on_request(
+    job: Job,
+    session: Session,
+    progress: _Progress,
+    process: asyncssh.SSHClientProcess[bytes],
+    grace: float,
+) -> None:
+    await job._stop_event.wait()
+    with anyio.CancelScope(shield=True):
+        await _kill(session, progress, process, grace)
+
+
+async def _kill(
+    session: Session, progress: _Progress, process: asyncssh.SSHClientProcess[bytes], grace: float
+) -> None:
+    """Kill the remote group and make sure the channel is closed; errors are not raised here
+    (the connection may be the very thing that died)."""
+    with anyio.move_on_after(2.0):
+        await progress.pgid_known.wait()
+    try:
+        if progress.pgid is not None and not session.closed:
+            progress.group_gone = False
+            with anyio.move_on_after(grace + 15):
+                progress.group_gone = await kill_group(session, progress.pgid, grace)
+    except ConnectionFailed:
+        progress.group_gone = None  # the link is gone: we cannot know
+    finally:
+        process.close()
+
+
+# -- fan-out --------------------------------------------------------------------------------
+
+
+def _policy(value: object) -> FailurePolicy:
+    if value in ("continue", "fail_fast"):
+        return value
+    if isinstance(value, float | int) and not isinstance(value, bool) and 0 <= value < 1:
+        return float(value)
+    raise ValueError(
+        f"on_failure must be 'continue', 'fail_fast' or a failure fraction in [0, 1), got {value!r}"
+    )
+
+
+async def start_invoke(
+    manager: JobManager,
+    targets: Sequence[str | Session] | str | Session,
+    command: str | Sequence[str],
+    *,
+    name: str | None,
+    throttle_limit: int,
+    on_failure: object,
+    retries: int,
+    timeout: float | None,
+    buffer: Buffer | None,
+    stop_grace: float,
+    max_channels: int,
+    ssh_options: dict[str, Any],
+) -> Job:
+    """Make the parent and one child per target, and schedule every child under the throttle."""
+    require_asyncio("invoke")
+    tg = manager._open_group()
+    if isinstance(targets, str | Session):
+        targets = [targets]
+    if not targets:
+        raise ValueError("invoke needs at least one target (a host string or a Session)")
+    parsed = [t if isinstance(t, Session) else Target.parse(t) for t in targets]
+    if (
+        not isinstance(throttle_limit, int)
+        or isinstance(throttle_limit, bool)
+        or throttle_limit < 1
+    ):
+        raise ValueError(f"throttle_limit must be an int >= 1, got {throttle_limit!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    policy = _policy(on_failure)
+    text = shell_command(command)
+    children = [
+        manager._new_job(None, "RemoteJob", text, buffer, location=t.location) for t in parsed
+    ]
+    parent = manager._add_parent(name, "RemoteJob", text, children)
+    throttle = anyio.CapacityLimiter(throttle_limit)
+    watch = _PolicyWatch(parent, policy, tg.start_soon)
+    for child, target in zip(children, parsed, strict=True):
+        child._listeners.append(watch.child_changed)
+        body = _child_body(
+            child, target, text, timeout, stop_grace, retries, max_channels, ssh_options
+        )
+        tg.start_soon(run_in_slot, child, throttle, body)
+    return parent
+
+
+@attrs.define
+class _PolicyWatch:
+    """Stops the rest of a fan-out once the failure policy says so."""
+
+    parent: Job
+    policy: FailurePolicy
+    start_soon: Callable[..., Any]
+    failed: int = 0
+    tripped: bool = False
+
+    def child_changed(self, child: Job) -> None:
+        if child.state.value != "Failed" or self.tripped:
+            return
+        self.failed += 1
+        total = len(self.parent.children)
+        if self.policy == "fail_fast" or (
+            isinstance(self.policy, float) and self.failed / total > self.policy
+        ):
+            self.tripped = True
+            self.start_soon(self.parent.stop)
+
+
+def _child_body(
+    child: Job,
+    target: Target | Session,
+    command: str,
+    timeout: float | None,
+    stop_grace: float,
+    retries: int,
+    max_channels: int,
+    options: dict[str, Any],
+) -> Callable[[Callable[[], None]], Any]:
+    async def body(started: Callable[[], None]) -> None:
+        log = child._log
+        assert log is not None
+        try:
+            if isinstance(target, Session):
+                await run_remote(
+                    child, target, command, started, timeout=timeout, stop_grace=stop_grace
+                )
+                return
+            conn, timings, attempts = await _connect(target, options, retries, child)
+            session = Session(conn, target, name=None, max_channels=max_channels, timings=timings)
+            async with session:
+                await run_remote(
+                    child,
+                    session,
+                    command,
+                    started,
+                    timeout=timeout,
+                    stop_grace=stop_grace,
+                    connect=timings,
+                    attempts=attempts,
+                )
+        except ConnectionFailed as exc:
+            await log.append("error", exc)
+            raise
+
+    return body
+
+
+async def _connect(
+    target: Target, options: dict[str, Any], retries: int, child: Job
+) -> tuple[asyncssh.SSHClientConnection, ConnectTimings, int]:
+    """Connect, retrying connection-level failures (never auth or host key) with backoff."""
+    delay = 0.2
+    for attempt in range(1, retries + 2):
+        try:
+            conn, timings = await open_connection(target, options)
+        except ConnectionFailed as exc:
+            if not exc.retryable or attempt > retries or child.stop_requested:
+                raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        else:
+            return conn, timings, attempt
+    raise AssertionError("unreachable")
+
+
+async def invoke_on_session(
+    session: Session, command: str | Sequence[str], *, timeout: float | None
+) -> list[Any]:
+    """``Session.invoke``: one remote command, waited for; its output, or ``JobFailed``."""
+    require_asyncio("Session.invoke")
+    text = shell_command(command)
+    log = RecordLog(job_id=0, location=session.location, buffer=Buffer())
+    job = Job._leaf(
+        id=0, name="invoke", kind="RemoteJob", command=text, location=session.location, log=log
+    )
+
+    async def body(started: Callable[[], None]) -> None:
+        await run_remote(job, session, text, started, timeout=timeout, stop_grace=5.0)
+
+    await run_in_slot(job, anyio.CapacityLimiter(1), body)
+    try:
+        return await job
+    finally:
+        log.release()
+
+
+__all__ = ["DEFAULT_MAX_CHANNELS", "RemoteTimings", "start_invoke", "to_jsonl"]

@@ -1,0 +1,298 @@
+"""SSH sessions: ``connect()`` and ``Session``, on asyncssh.
+
+This is the one place where asyncssh's and the operating system's connection errors become ours
+(``map_ssh_errors``), and the one place that checks for asyncio: asyncssh runs only there, so on
+trio every remote feature raises a clear error while local jobs keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Generator, Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, final
+
+import anyio
+import asyncssh
+import attrs
+
+from ._errors import AsyncJobsError, ConnectionFailed, HostKeyError, ProtocolError
+from ._targets import Target
+
+#: sshd's default ``MaxSessions``: more channels than this on one connection are refused.
+DEFAULT_MAX_CHANNELS = 10
+
+
+def require_asyncio(what: str) -> None:
+    """Raise a clear error when a remote feature is used outside asyncio (e.g. on trio)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise AsyncJobsError(
+            f"{what} needs asyncio: asyncssh, which carries remote jobs, runs only on asyncio. "
+            "Run your program with anyio.run(main, backend='asyncio'); local jobs work on trio too."
+        ) from None
+
+
+@contextmanager
+def map_ssh_errors(where: str, *, timeout: float | None = None) -> Iterator[None]:
+    """Translate asyncssh and OS errors raised inside the block into ours, naming ``where``."""
+    try:
+        yield
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise HostKeyError(
+            f"{where}: host key not verified ({exc.reason}); add it to known_hosts "
+            "(ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts) or pass known_hosts=",
+            host=where,
+        ) from exc
+    except asyncssh.PermissionDenied as exc:
+        raise ConnectionFailed(
+            f"{where}: authentication refused ({exc.reason}); check username= and client_keys=",
+            host=where,
+            retryable=False,
+        ) from exc
+    except asyncssh.ChannelOpenError as exc:
+        raise ConnectionFailed(
+            f"{where}: the server refused a new channel ({exc.reason}); sshd's MaxSessions "
+            "limits channels per connection: lower max_channels= or raise MaxSessions",
+            host=where,
+        ) from exc
+    except asyncssh.ProtocolError as exc:
+        raise ProtocolError(f"{where}: SSH protocol error: {exc.reason}") from exc
+    except asyncssh.DisconnectError as exc:
+        raise ConnectionFailed(f"{where}: disconnected: {exc.reason}", host=where) from exc
+    except asyncssh.ConnectionLost as exc:
+        raise ConnectionFailed(f"{where}: connection lost: {exc.reason}", host=where) from exc
+    except TimeoutError as exc:
+        after = f" after {timeout:g} s" if timeout is not None else ""
+        raise ConnectionFailed(
+            f"{where}: timed out{after}; the host may be down or overloaded "
+            "(connect_timeout= sets the limit)",
+            host=where,
+        ) from exc
+    except ConnectionRefusedError as exc:
+        raise ConnectionFailed(
+            f"{where}: connection refused; is sshd listening on that port?", host=where
+        ) from exc
+    except OSError as exc:
+        raise ConnectionFailed(f"{where}: {exc.strerror or exc}", host=where) from exc
+
+
+@attrs.frozen
+class ConnectTimings:
+    """How long opening a connection took, by phase (seconds)."""
+
+    connect: float  # TCP connect
+    auth: float  # SSH handshake and authentication
+
+
+async def open_connection(
+    target: Target, options: dict[str, Any]
+) -> tuple[asyncssh.SSHClientConnection, ConnectTimings]:
+    """Connect and authenticate to ``target`` with asyncssh ``options`` passed through as given.
+
+    The TCP connect is made here (unless a ``tunnel`` is used) so that its time is measured
+    apart from the SSH handshake; ``connect_timeout`` covers both.
+    """
+    require_asyncio("connecting to a host")
+    options = dict(options)
+    port = target.port or options.pop("port", None) or 22
+    if target.username is not None:
+        options["username"] = target.username
+    where = f"host {target.host}:{port}"
+    timeout = options.pop("connect_timeout", 30.0)
+    t0 = time.perf_counter()
+    with map_ssh_errors(where, timeout=timeout), anyio.fail_after(timeout):
+        sock = None
+        if not options.get("tunnel"):
+            sock = await _tcp_connect(target.host, port)
+        t1 = time.perf_counter()
+        try:
+            conn = await asyncssh.connect(target.host, port, sock=sock, **options)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+    t2 = time.perf_counter()
+    return conn, ConnectTimings(connect=t1 - t0, auth=t2 - t1)
+
+
+async def _tcp_connect(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError | None = None
+    for family, type_, proto, _, address in infos:
+        sock = socket.socket(family, type_, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise error or OSError(f"no address for {host}")
+
+
+@final
+class Session:
+    """A persistent SSH connection to one host (a PSSession).
+
+    Remote jobs on a session share its one connection as separate channels, at most
+    ``max_channels`` at once (sshd's ``MaxSessions``, 10 by default: one of them is kept free so
+    that ``stop()`` can always reach the host). Made by ``asyncjobs.connect()``.
+    """
+
+    def __init__(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        target: Target,
+        *,
+        name: str | None,
+        max_channels: int,
+        timings: ConnectTimings | None,
+    ) -> None:
+        self._conn = conn
+        self._target = target
+        self.name = name
+        self.host = target.host
+        self.port = target.port or 22
+        self.username: str | None = conn.get_extra_info("username")
+        self.timings = timings
+        self.max_channels = max_channels
+        self._job_channels = anyio.CapacityLimiter(max(1, max_channels - 1))
+        self._control_channels = anyio.CapacityLimiter(1)
+        self._closed = False
+
+    @property
+    def location(self) -> str:
+        return self._target.location
+
+    @property
+    def where(self) -> str:
+        return f"host {self.host}:{self.port}"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def connection(self) -> asyncssh.SSHClientConnection:
+        """The underlying asyncssh connection, for what asyncjobs does not wrap."""
+        return self._conn
+
+    async def invoke(self, command: str | list[str], *, timeout: float | None = None) -> list[Any]:
+        """Run ``command`` on the host and return its output lines (Invoke-Command -Session).
+
+        Raises ``JobFailed`` (the exit status or signal in its ``reason``) if it fails.
+        """
+        from ._remote import invoke_on_session
+
+        return await invoke_on_session(self, command, timeout=timeout)
+
+    async def close(self) -> None:
+        """Close the connection (jobs running on it fail as disconnected)."""
+        if not self._closed:
+            self._closed = True
+            self._conn.close()
+            with anyio.CancelScope(shield=True):
+                await self._conn.wait_closed()
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "channels_in_use": int(self._job_channels.borrowed_tokens),
+            "channels_waiting": self._job_channels.statistics().tasks_waiting,
+            "max_channels": self.max_channels,
+            "closed": self._closed,
+        }
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        state = "closed" if self._closed else "open"
+        user = f"{self.username}@" if self.username else ""
+        return (
+            f"<asyncjobs.Session{name} {user}{self.location} {state} "
+            f"channels={int(self._job_channels.borrowed_tokens)}/{self.max_channels}>"
+        )
+
+
+def _check_max_channels(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+        raise ValueError(
+            f"max_channels must be an int >= 2 (one channel is kept for stop), got {value!r}"
+        )
+    return value
+
+
+@final
+class _SessionOpener:
+    """What ``connect()`` returns: ``await`` it for a Session, or use it with ``async with``
+    (asyncssh's ``async_context_manager`` pattern)."""
+
+    def __init__(self, opening: Awaitable[Session]) -> None:
+        self._opening = opening
+        self._session: Session | None = None
+
+    def __await__(self) -> Generator[Any, None, Session]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> Session:
+        self._session = await self._opening
+        return self._session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def connect(
+    host: str,
+    port: int = 22,
+    username: str | None = None,
+    name: str | None = None,
+    *,
+    max_channels: int = DEFAULT_MAX_CHANNELS,
+    **ssh_options: Any,
+) -> _SessionOpener:
+    """Open a persistent session to ``host`` (New-PSSession): ``await`` it or ``async with`` it.
+
+    ``host`` may also be a target string (``user@host:port``). Every asyncssh client option
+    passes through (``known_hosts``, ``client_keys``, ``config`` — ``~/.ssh/config`` is read by
+    default —, ``tunnel``, ``connect_timeout``, ``keepalive_interval``, ...). Host keys are
+    verified against ``known_hosts`` by default.
+    """
+    target = Target.parse(host)
+    if port != 22 and target.port is None:
+        target = attrs.evolve(target, port=port)
+    if username is not None:
+        target = attrs.evolve(target, username=username)
+    _check_max_channels(max_channels)
+
+    async def opening() -> Session:
+        conn, timings = await open_connection(target, ssh_options)
+        return Session(conn, target, name=name, max_channels=max_channels, timings=timings)
+
+    return _SessionOpener(opening())
