@@ -100,13 +100,23 @@ def _wrapped(command: str) -> str:
 
 
 def _kill_script(pgid: int, grace: float) -> str:
-    ticks = max(1, round(grace * 10))
-    alive = f"kill -s 0 -- -{pgid} 2>/dev/null"
+    """A POSIX sh script: TERM the group, wait up to ``grace``, KILL, wait until it is gone.
+
+    "Gone" means no member but zombies: a killed grandchild may wait a while for its new
+    parent (init) to reap it, and ``kill -0`` still finds zombies. Where ``ps`` can't tell
+    states, ``kill -0`` alone decides.
+    """
+    ticks = max(1, round(grace * 20))
+    alive = (
+        f"{{ kill -s 0 -- -{pgid} 2>/dev/null && {{ ps -A -o pgid= -o stat= 2>/dev/null"
+        f" | awk '$1 == {pgid} && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'"
+        f" || ! ps -A -o pgid= -o stat= >/dev/null 2>&1; }}; }}"
+    )
     return (
         f"kill -s TERM -- -{pgid} 2>/dev/null || exit 0; i=0; "
-        f"while {alive} && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done; "
+        f"while {alive} && [ $i -lt {ticks} ]; do sleep 0.05; i=$((i+1)); done; "
         f"kill -s KILL -- -{pgid} 2>/dev/null; i=0; "
-        f"while {alive} && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
+        f"while {alive} && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
         f"! {alive}"
     )
 
