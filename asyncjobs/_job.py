@@ -17,7 +17,7 @@ import attrs
 
 from ._errors import AsyncJobsError, JobFailed, JobStateError, JobStopped
 from ._log import RecordLog, stream_set
-from ._models import JobStatistics, Record, StateChange, StreamName
+from ._models import JobStatistics, Record, StateChange, StreamName, sum_buffers
 from ._state import Event, JobState, next_state, parent_state
 from ._util import NoPublicConstructor
 
@@ -54,6 +54,8 @@ class Job(metaclass=NoPublicConstructor):
     _listeners: list[Callable[[Job], None]] = attrs.field(factory=list)
     #: Per-phase timings of a remote job (``RemoteTimings``), None for local jobs.
     timings: Any = None
+    #: Set by the runner once it holds a slot and is starting the job.
+    _runner_active: bool = False
 
     @classmethod
     def _leaf(
@@ -206,8 +208,10 @@ class Job(metaclass=NoPublicConstructor):
             self._stop_event.set()
             if self._log is not None:
                 self._log.unblock()
-            if self._state is not JobState.STOPPING:
-                self._apply(Event.STOP)
+            if self._state is JobState.NOT_STARTED and self._runner_active:
+                pass  # its runner is starting it (connecting, spawning): it stops it once started
+            elif self._state is not JobState.STOPPING:
+                self._apply(Event.STOP)  # NOT_STARTED -> STOPPED at once; else -> STOPPING
         await self._finished.wait()
 
     def __await__(self) -> Generator[Any, None, list[Any]]:
@@ -226,7 +230,10 @@ class Job(metaclass=NoPublicConstructor):
         duration = None
         if self.started_at is not None:
             duration = (self.finished_at or time.time()) - self.started_at
-        buffer = self._log.statistics() if self._log is not None else None
+        if self._log is not None:
+            buffer = self._log.statistics()
+        else:
+            buffer = sum_buffers([c.statistics().buffer for c in self._children])
         return JobStatistics(
             id=self.id, state=self.state, buffer=buffer, duration=duration, timings=self.timings
         )
@@ -260,6 +267,8 @@ class Job(metaclass=NoPublicConstructor):
 
     def _mark_running(self) -> None:
         self._apply(Event.START)
+        if self.stop_requested:  # stop() came while the runner was starting it
+            self._apply(Event.STOP)
 
     def _complete(self) -> None:
         self._apply(Event.COMPLETE)
@@ -269,8 +278,8 @@ class Job(metaclass=NoPublicConstructor):
 
     def _mark_stopped(self) -> None:
         """The stop took effect (or the job was cancelled with its manager)."""
-        if self._state is not JobState.STOPPING and self._state is not JobState.NOT_STARTED:
-            self._apply(Event.STOP)
+        if self._state is not JobState.STOPPING:
+            self._apply(Event.STOP)  # NOT_STARTED -> STOPPED; RUNNING and others -> STOPPING
         if not self._state.is_finished:
             self._apply(Event.STOPPED)
 

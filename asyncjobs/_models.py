@@ -107,13 +107,28 @@ class BufferStatistics:
     blocked_producers: int  # appends waiting for room (block mode)
 
 
+def sum_buffers(stats: list[BufferStatistics]) -> BufferStatistics:
+    """A parent job's buffer statistics: its children's, added up (high-water: the largest)."""
+    return BufferStatistics(
+        mode=stats[0].mode if stats else "spill",
+        items=sum(s.items for s in stats),
+        bytes=sum(s.bytes for s in stats),
+        in_memory=sum(s.in_memory for s in stats),
+        spilled=sum(s.spilled for s in stats),
+        dropped=sum(s.dropped for s in stats),
+        high_water=max((s.high_water for s in stats), default=0),
+        next_seq=sum(s.next_seq for s in stats),
+        blocked_producers=sum(s.blocked_producers for s in stats),
+    )
+
+
 @attrs.frozen
 class JobStatistics:
     """A snapshot of one job, for monitoring and for tests."""
 
     id: int
     state: JobState
-    buffer: BufferStatistics | None  # None for a parent job (its children hold the records)
+    buffer: BufferStatistics  # a parent's is the sum over its children
     duration: float | None
     timings: Any = None  # RemoteTimings of a remote job
 

@@ -204,9 +204,9 @@ async def _run(
         process = await _open_process(session, _wrapped(command))
         progress.channel_open = time.perf_counter() - t0
         t_open = time.perf_counter()
-        started()
         timed_out = False
         try:
+            started()  # a stop() that came while connecting is acted on just below
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_stop_on_request, job, session, progress, process, stop_grace)
                 with anyio.move_on_after(timeout) as scope:
@@ -438,48 +438,50 @@ def _child_body(
     async def body(started: Callable[[], None]) -> None:
         log = child._log
         assert log is not None
+        if isinstance(target, Session):
+            await run_remote(
+                child, target, command, started, timeout=timeout, stop_grace=stop_grace
+            )
+            return
+        attempts = [0]
         try:
-            if isinstance(target, Session):
-                await run_remote(
-                    child, target, command, started, timeout=timeout, stop_grace=stop_grace
-                )
-                return
-            conn, timings, attempts = await _connect(target, options, retries, child)
-            session = Session(conn, target, name=None, max_channels=max_channels, timings=timings)
-            async with session:
-                await run_remote(
-                    child,
-                    session,
-                    command,
-                    started,
-                    timeout=timeout,
-                    stop_grace=stop_grace,
-                    connect=timings,
-                    attempts=attempts,
-                )
+            conn, timings = await _connect(target, options, retries, child, attempts)
         except ConnectionFailed as exc:
+            child.timings = RemoteTimings(
+                child.location, None, None, None, None, None, 0, 0, attempts[0]
+            )
             await log.append("error", exc)
             raise
+        session = Session(conn, target, name=None, max_channels=max_channels, timings=timings)
+        async with session:
+            await run_remote(
+                child,
+                session,
+                command,
+                started,
+                timeout=timeout,
+                stop_grace=stop_grace,
+                connect=timings,
+                attempts=attempts[0],
+            )
 
     return body
 
 
 async def _connect(
-    target: Target, options: dict[str, Any], retries: int, child: Job
-) -> tuple[asyncssh.SSHClientConnection, ConnectTimings, int]:
+    target: Target, options: dict[str, Any], retries: int, child: Job, attempts: list[int]
+) -> tuple[asyncssh.SSHClientConnection, ConnectTimings]:
     """Connect, retrying connection-level failures (never auth or host key) with backoff."""
     delay = 0.2
-    for attempt in range(1, retries + 2):
+    while True:
+        attempts[0] += 1
         try:
-            conn, timings = await open_connection(target, options)
+            return await open_connection(target, options)
         except ConnectionFailed as exc:
-            if not exc.retryable or attempt > retries or child.stop_requested:
+            if not exc.retryable or attempts[0] > retries or child.stop_requested:
                 raise
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        else:
-            return conn, timings, attempt
-    raise AssertionError("unreachable")
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 async def invoke_on_session(

@@ -50,6 +50,7 @@ async def run_in_slot(
         if job.stop_requested:  # stopped in the instant between slot and start
             job._mark_stopped()
             return
+        job._runner_active = True
         await body(started)
     except BaseException as exc:
         job._finish_after_error(exc)

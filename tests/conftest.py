@@ -55,3 +55,5 @@ def reap_pids() -> Iterator[list[int]]:
 
 
 __all__ = ["pid_alive", "python", "subprocess"]
+
+from tests.ssh_fixtures import *  # noqa: E402, F403
