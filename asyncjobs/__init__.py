@@ -17,6 +17,7 @@ from ._errors import JobArgumentError as JobArgumentError
 from ._errors import JobFailed as JobFailed
 from ._errors import JobStateError as JobStateError
 from ._errors import JobStopped as JobStopped
+from ._errors import NoSuchJob as NoSuchJob
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
 from ._job import Job as Job
@@ -55,6 +56,7 @@ __all__ = [
     "JobStatistics",
     "JobStopped",
     "ManagerStatistics",
+    "NoSuchJob",
     "Progress",
     "ProtocolError",
     "Record",

@@ -75,9 +75,19 @@ class RemoteError(AsyncJobsError):
         return f"{self.type_name}: {self.args[0]}" if self.args[0] else self.type_name
 
 
-class JobArgumentError(AsyncJobsError, TypeError):
-    """A job could not be created from the given arguments (a callable that cannot be sent to a
-    child process, a ``cwd`` that does not exist, an argument of the wrong type)."""
+class JobArgumentError(AsyncJobsError, TypeError, ValueError):
+    """A call was given something it cannot use: a callable that cannot be sent to a child
+    process, a ``cwd`` that does not exist, a malformed host target, a bad ``Buffer``, an
+    unknown stream. It is also a ``TypeError`` and a ``ValueError``, so code that catches
+    either keeps working."""
+
+
+class NoSuchJob(AsyncJobsError, KeyError):
+    """No job with that id (or that job object) is in the table; ``jobs.get()`` lists them.
+    Also a ``KeyError``, as ``jobs[id]`` promises."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no such job"
 
 
 class ConnectionFailed(AsyncJobsError):

@@ -15,7 +15,7 @@ from typing import Any, Literal, final
 import anyio
 import attrs
 
-from ._errors import AsyncJobsError, JobFailed, JobStateError, JobStopped
+from ._errors import JobArgumentError, JobFailed, JobStateError, JobStopped
 from ._log import RecordLog, stream_set
 from ._models import JobStatistics, Record, StateChange, StreamName, sum_buffers
 from ._state import Event, JobState, next_state, parent_state
@@ -221,7 +221,9 @@ class Job(metaclass=NoPublicConstructor):
         await self.wait()
         if self.state is JobState.FAILED:
             reason = self.reason
-            raise JobFailed(f"{self._label()} failed: {reason}", reason=reason) from reason
+            text = str(reason)
+            message = text if text.startswith(self._label()) else f"{self._label()} failed: {text}"
+            raise JobFailed(message, reason=reason) from reason
         if self.state is JobState.STOPPED:
             raise JobStopped(f"{self._label()} was stopped before it finished")
         return await self.receive()
@@ -381,7 +383,7 @@ class ItemStream:
 
 def ensure_job(value: object, what: str = "job") -> Job:
     if not isinstance(value, Job):
-        raise AsyncJobsError(
+        raise JobArgumentError(
             f"{what} must be an asyncjobs.Job, got {type(value).__name__}: {value!r}"
         )
     return value

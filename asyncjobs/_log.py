@@ -19,7 +19,7 @@ from typing import Any, Final, final
 
 import anyio
 
-from ._errors import JobStateError
+from ._errors import JobArgumentError, JobStateError
 from ._models import STREAMS, Buffer, BufferStatistics, Record, StreamName
 from ._spill import SpillFile
 
@@ -42,7 +42,9 @@ def stream_set(streams: Iterable[str] | None) -> frozenset[StreamName]:
     chosen = frozenset(streams)
     unknown = chosen - _ALL
     if unknown:
-        raise ValueError(f"unknown stream(s) {sorted(unknown)}; streams are {', '.join(STREAMS)}")
+        raise JobArgumentError(
+            f"unknown stream(s) {sorted(unknown)}; streams are {', '.join(STREAMS)}"
+        )
     return chosen  # type: ignore[return-value]
 
 

@@ -16,7 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import _command, _process
-from ._errors import AsyncJobsError, JobArgumentError, JobStateError
+from ._errors import AsyncJobsError, JobArgumentError, JobStateError, NoSuchJob
 from ._job import Job, JobKind, ensure_job
 from ._log import RecordLog
 from ._models import Buffer, ManagerStatistics
@@ -55,7 +55,7 @@ class JobManager:
         self.process_limit = _positive("process_limit", process_limit, os.cpu_count() or 1)
         self.buffer = buffer if buffer is not None else Buffer()
         if not isinstance(self.buffer, Buffer):
-            raise AsyncJobsError(f"buffer must be an asyncjobs.Buffer, got {buffer!r}")
+            raise JobArgumentError(f"buffer must be an asyncjobs.Buffer, got {buffer!r}")
         self.stop_grace = stop_grace
         self._jobs: dict[int, Job] = {}
         self._next_id = 1
@@ -310,7 +310,7 @@ class JobManager:
         for job in self._all():
             if job.id == job_id:
                 return job
-        raise KeyError(f"no job with id {job_id!r} in this JobManager; jobs.get() lists them")
+        raise NoSuchJob(f"no job with id {job_id!r} in this JobManager; jobs.get() lists them")
 
     def __contains__(self, job: object) -> bool:
         return any(j is job or j.id == job for j in self._all())
@@ -361,7 +361,7 @@ class JobManager:
             return self[job]
         job = ensure_job(job)
         if job not in self:
-            raise KeyError(f"{job._label()} is not in this JobManager")
+            raise NoSuchJob(f"{job._label()} is not in this JobManager (removed, or another's)")
         return job
 
     async def wait(

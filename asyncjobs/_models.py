@@ -6,6 +6,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from ._errors import JobArgumentError
 from ._state import JobState
 
 StreamName = Literal["output", "error", "warning", "verbose", "debug", "information", "progress"]
@@ -62,12 +63,14 @@ class Progress:
 
 def _positive_or_none(_: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
     if value is not None and (not isinstance(value, int) or value <= 0):
-        raise ValueError(f"Buffer.{attribute.name} must be a positive int or None, got {value!r}")
+        raise JobArgumentError(
+            f"Buffer.{attribute.name} must be a positive int or None, got {value!r}"
+        )
 
 
 def _mode(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if value not in ("spill", "block", "drop"):
-        raise ValueError(f"Buffer.mode must be 'spill', 'block' or 'drop', got {value!r}")
+        raise JobArgumentError(f"Buffer.mode must be 'spill', 'block' or 'drop', got {value!r}")
 
 
 @attrs.frozen
@@ -89,7 +92,7 @@ class Buffer:
 
     def __attrs_post_init__(self) -> None:
         if self.max_items is None and self.max_bytes is None:
-            raise ValueError("Buffer needs max_items or max_bytes (or both); both are None")
+            raise JobArgumentError("Buffer needs max_items or max_bytes (or both); both are None")
 
 
 @attrs.frozen

@@ -350,7 +350,7 @@ def _policy(value: object) -> FailurePolicy:
         return value
     if isinstance(value, float | int) and not isinstance(value, bool) and 0 <= value < 1:
         return float(value)
-    raise ValueError(
+    raise JobArgumentError(
         f"on_failure must be 'continue', 'fail_fast' or a failure fraction in [0, 1), got {value!r}"
     )
 
@@ -376,16 +376,16 @@ async def start_invoke(
     if isinstance(targets, str | Session):
         targets = [targets]
     if not targets:
-        raise ValueError("invoke needs at least one target (a host string or a Session)")
+        raise JobArgumentError("invoke needs at least one target (a host string or a Session)")
     parsed = [t if isinstance(t, Session) else Target.parse(t) for t in targets]
     if (
         not isinstance(throttle_limit, int)
         or isinstance(throttle_limit, bool)
         or throttle_limit < 1
     ):
-        raise ValueError(f"throttle_limit must be an int >= 1, got {throttle_limit!r}")
+        raise JobArgumentError(f"throttle_limit must be an int >= 1, got {throttle_limit!r}")
     if not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        raise JobArgumentError(f"retries must be an int >= 0, got {retries!r}")
     policy = _policy(on_failure)
     text = shell_command(command)
     children = [

@@ -19,7 +19,13 @@ import anyio
 import asyncssh
 import attrs
 
-from ._errors import AsyncJobsError, ConnectionFailed, HostKeyError, ProtocolError
+from ._errors import (
+    AsyncJobsError,
+    ConnectionFailed,
+    HostKeyError,
+    JobArgumentError,
+    ProtocolError,
+)
 from ._targets import Target
 
 #: sshd's default ``MaxSessions``: more channels than this on one connection are refused.
@@ -236,7 +242,7 @@ class Session:
 
 def _check_max_channels(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 2:
-        raise ValueError(
+        raise JobArgumentError(
             f"max_channels must be an int >= 2 (one channel is kept for stop), got {value!r}"
         )
     return value

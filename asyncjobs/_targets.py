@@ -10,6 +10,8 @@ import re
 
 import attrs
 
+from ._errors import JobArgumentError
+
 _USER = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
 _HOST = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -32,25 +34,27 @@ class Target:
     def parse(cls, text: str) -> Target:
         """Parse ``[user@]host[:port]`` (IPv6 in brackets when a port follows)."""
         if not isinstance(text, str):
-            raise TypeError(f"a target must be a host string or a Session, got {text!r}")
+            raise JobArgumentError(f"a target must be a host string or a Session, got {text!r}")
         original = text
         if not text or text != text.strip() or any(c.isspace() for c in text):
-            raise ValueError(f"bad target {original!r}: empty or contains whitespace")
+            raise JobArgumentError(f"bad target {original!r}: empty or contains whitespace")
         username = None
         if "@" in text:
             username, _, text = text.rpartition("@")
             if not _USER.match(username):
-                raise ValueError(f"bad target {original!r}: {username!r} is not a user name")
+                raise JobArgumentError(f"bad target {original!r}: {username!r} is not a user name")
         port: int | None = None
         if not text:
-            raise ValueError(f"bad target {original!r}: no host")
+            raise JobArgumentError(f"bad target {original!r}: no host")
         if text.startswith("["):
             host, sep, rest = text[1:].partition("]")
             if not sep or ":" not in host:
-                raise ValueError(f"bad target {original!r}: brackets are for IPv6 ('[::1]:22')")
+                raise JobArgumentError(
+                    f"bad target {original!r}: brackets are for IPv6 ('[::1]:22')"
+                )
             if rest:
                 if not rest.startswith(":"):
-                    raise ValueError(f"bad target {original!r}: expected ':port' after ']'")
+                    raise JobArgumentError(f"bad target {original!r}: expected ':port' after ']'")
                 port = _port(rest[1:], original)
         elif text.count(":") > 1:
             host = text  # a bare IPv6 address; write [addr]:port to give a port
@@ -59,13 +63,13 @@ class Target:
             if sep:
                 port = _port(port_text, original)
             if not _HOST.match(host):
-                raise ValueError(f"bad target {original!r}: {host!r} is not a host name")
+                raise JobArgumentError(f"bad target {original!r}: {host!r} is not a host name")
         if not host:
-            raise ValueError(f"bad target {original!r}: no host")
+            raise JobArgumentError(f"bad target {original!r}: no host")
         return cls(host, port, username)
 
 
 def _port(text: str, original: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"bad target {original!r}: port {text!r} is not in 1..65535")
+        raise JobArgumentError(f"bad target {original!r}: port {text!r} is not in 1..65535")
     return int(text)
