@@ -8,7 +8,7 @@ trio every remote feature raises a clear error while local jobs keep working.
 from __future__ import annotations
 
 import asyncio
-import socket
+import functools
 import time
 from collections.abc import Awaitable, Generator, Iterator
 from contextlib import contextmanager
@@ -98,53 +98,38 @@ class ConnectTimings:
 async def open_connection(
     target: Target, options: dict[str, Any]
 ) -> tuple[asyncssh.SSHClientConnection, ConnectTimings]:
-    """Connect and authenticate to ``target`` with asyncssh ``options`` passed through as given.
+    """Connect and authenticate to ``target`` with asyncssh ``options`` passed through as given
+    (``~/.ssh/config`` — Hostname, Port, User, ProxyJump, ... — applies as with ``ssh``).
 
-    The TCP connect is made here (unless a ``tunnel`` is used) so that its time is measured
-    apart from the SSH handshake; ``connect_timeout`` covers both.
+    ``connect_timeout`` (default 30 s) covers TCP connect, handshake and authentication. The
+    TCP connect is timed apart from the rest through the client's ``connection_made``.
     """
     require_asyncio("connecting to a host")
     options = dict(options)
-    port = target.port or options.pop("port", None) or 22
+    port = target.port or options.pop("port", None) or ()
     if target.username is not None:
         options["username"] = target.username
-    where = f"host {target.host}:{port}"
+    where = f"host {target.host}:{port or 22}"
     timeout = options.pop("connect_timeout", 30.0)
+    made: list[float] = []
+    if "client_factory" not in options:
+        options["client_factory"] = functools.partial(_TimedClient, made)
     t0 = time.perf_counter()
     with map_ssh_errors(where, timeout=timeout), anyio.fail_after(timeout):
-        sock = None
-        if not options.get("tunnel"):
-            sock = await _tcp_connect(target.host, port)
-        t1 = time.perf_counter()
-        try:
-            conn = await asyncssh.connect(target.host, port, sock=sock, **options)
-        except BaseException:
-            if sock is not None:
-                sock.close()
-            raise
+        conn = await asyncssh.connect(target.host, port, **options)
     t2 = time.perf_counter()
+    t1 = made[0] if made else t2
     return conn, ConnectTimings(connect=t1 - t0, auth=t2 - t1)
 
 
-async def _tcp_connect(host: str, port: int) -> socket.socket:
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    error: OSError | None = None
-    for family, type_, proto, _, address in infos:
-        sock = socket.socket(family, type_, proto)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, address)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    raise error or OSError(f"no address for {host}")
+class _TimedClient(asyncssh.SSHClient):
+    """Notes when the TCP connection is made, before the SSH handshake starts."""
+
+    def __init__(self, made: list[float]) -> None:
+        self._made = made
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._made.append(time.perf_counter())
 
 
 @final
