@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.testhosts import TestHosts
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 TIMEOUT = 60.0  # seconds per program
@@ -38,6 +40,7 @@ PAGES = (
     "buffers.md",
     "states.md",
     "errors.md",
+    "remote-jobs.md",
 )
 _NOT_TESTED = re.compile(r"^<!--\s*not-tested:\s*(?P<platform>[a-z0-9]+):\s*(?P<why>\S.*?)\s*-->$")
 _LINK = re.compile(r"\]\((?P<target>[^)#\s]+)(?:#[^)]*)?\)")
@@ -76,20 +79,45 @@ def all_blocks() -> list[Block]:
     return [b for page in sorted(DOCS.glob("*.md")) for b in python_blocks(page)]
 
 
-def child_env() -> dict[str, str]:
+def child_env(home: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if home is not None:
+        env["HOME"] = str(home)
+        env.pop("SSH_AUTH_SOCK", None)
     return env
 
 
-def run_program(argv: list[str], cwd: Path) -> tuple[int, str]:
+@pytest.fixture(scope="session")
+def docs_home(ssh_hosts: TestHosts, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home whose ~/.ssh/config names the test hosts web1, web2, web3, as a reader's would
+    name their own hosts: the remote examples run unchanged against real sshd."""
+    home = tmp_path_factory.mktemp("home")
+    ssh = home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    key = ssh / "id_ed25519"
+    key.write_bytes(ssh_hosts.client_key.read_bytes())
+    key.chmod(0o600)
+    config, known = [], []
+    for i, host in enumerate(ssh_hosts.hosts):
+        config.append(
+            f"Host web{i + 1}\n  Hostname {host.address}\n  Port {host.port}\n"
+            f"  User {host.username}\n"
+        )
+        known.append(f"{host.known_hosts_name} {ssh_hosts.host_public_key(i)}\n")
+    (ssh / "config").write_text("".join(config))
+    (ssh / "known_hosts").write_text("".join(known))
+    return home
+
+
+def run_program(argv: list[str], cwd: Path, home: Path | None = None) -> tuple[int, str]:
     """Run ``argv`` in its own process group; on timeout kill the whole group (worker
     processes included) and fail. Returns the exit status and the combined output."""
     proc = subprocess.Popen(
         argv,
         cwd=cwd,
-        env=child_env(),
+        env=child_env(home),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -121,13 +149,13 @@ def skip_reason(block: Block) -> str | None:
 
 @pytest.mark.timeout(TIMEOUT + 30)
 @pytest.mark.parametrize("block", all_blocks(), ids=lambda b: f"{Path(b.page).stem}-{b.index}")
-def test_python_block(block: Block, tmp_path: Path) -> None:
+def test_python_block(block: Block, tmp_path: Path, docs_home: Path) -> None:
     reason = skip_reason(block)
     if reason is not None:
         pytest.skip(reason)
     program = tmp_path / "example.py"
     program.write_text(block.code, encoding="utf-8")
-    status, out = run_program([sys.executable, "-W", "error", program.name], tmp_path)
+    status, out = run_program([sys.executable, "-W", "error", program.name], tmp_path, docs_home)
     assert status == 0, (
         f"docs/{block.page}, python block {block.index} (line {block.line}) exited with "
         f"{status}; its output:\n{out}"
