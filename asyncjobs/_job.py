@@ -71,7 +71,6 @@ class Job(metaclass=NoPublicConstructor):
         job: Job = cls._create(
             id=id, name=name or f"Job{id}", kind=kind, command=command, location=location, log=log
         )
-        log.add_listener(job._wake)
         return job
 
     @classmethod
@@ -90,6 +89,8 @@ class Job(metaclass=NoPublicConstructor):
         for child in job._children:
             child.parent = job
             child._listeners.append(job._child_changed)
+            if child._log is not None:  # a parent's readers wait on the parent: wake it
+                child._log.add_listener(child._wake)
         return job
 
     # -- what users read -------------------------------------------------------------------
@@ -336,27 +337,31 @@ class RecordStream:
     """The iterator behind ``stream_records()``: a plain object, not an async generator, so that
     breaking out of ``async for`` needs no ``aclosing`` on any backend."""
 
-    __slots__ = ("_batch", "_job", "_streams")
+    __slots__ = ("_batch", "_job", "_logs", "_streams")
 
     def __init__(self, job: Job, streams: frozenset[StreamName]) -> None:
         self._job = job
         self._streams = streams
         self._batch: list[tuple[RecordLog, Record]] = []
+        self._logs = [(leaf, leaf._log) for leaf in job._leaves() if leaf._log is not None]
 
     def __aiter__(self) -> RecordStream:
         return self
 
     async def __anext__(self) -> Record:
-        logs = [(leaf, leaf._log) for leaf in self._job._leaves() if leaf._log is not None]
+        logs = self._logs
         while True:
             while self._batch:
                 log, record = self._batch.pop()
-                if log.ack(record):  # another consumer may have taken it meanwhile
+                if log.ack(record, release=False):  # another consumer may have taken it
                     return record  # no await between ack and hand-over: nothing is lost
             await anyio.lowlevel.checkpoint()  # once per batch: let others run, honour cancels
-            changed = self._job._changed()
+            # A leaf's log wakes its readers (records, and end() when the job finishes); a
+            # parent's readers wait on the parent, which every child's log wakes.
+            changed = logs[0][1].changed() if not self._job._children else self._job._changed()
             for _, log in logs:
-                self._batch.extend((log, r) for r in log.peek(self._streams, limit=512))
+                log.release_received()
+                self._batch.extend((log, r) for r in log.peek(self._streams, limit=1024))
             if self._batch:
                 self._batch.reverse()
                 continue

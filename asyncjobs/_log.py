@@ -11,6 +11,7 @@ Everything here runs on the event loop thread; other threads reach it through ``
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections import deque
@@ -26,10 +27,13 @@ from ._spill import SpillFile
 _ALL: Final = frozenset(STREAMS)
 
 
+_TEXT: Final = frozenset({str, bytes, bytearray})
+
+
 def sizeof(value: object) -> int:
     """A cheap estimate of a value's size, for ``max_bytes`` accounting."""
-    if isinstance(value, str | bytes | bytearray):
-        return len(value) + 49
+    if type(value) in _TEXT:
+        return len(value) + 49  # type: ignore[arg-type]
     return sys.getsizeof(value)
 
 
@@ -58,13 +62,18 @@ class RecordLog:
         self.buffer = buffer
         self._name = name or f"job {job_id}"
         self._mem: deque[Record] = deque()
+        self._sizes: deque[int] = deque()  # sizeof of each record in _mem
         self._mem_bytes = 0  # bytes of the records in _mem
+        self._mode = buffer.mode
+        self._max_items = buffer.max_items or sys.maxsize
+        self._max_bytes = buffer.max_bytes or sys.maxsize
         self._spill: SpillFile | None = None
         self._next = 0  # seq of the next record
         self._first = 0  # lowest seq still held (received or dropped records below it are gone)
         self._cursor: dict[str, int] = dict.fromkeys(STREAMS, 0)
         self._pending: dict[str, int] = dict.fromkeys(STREAMS, 0)
         self._pending_bytes = 0
+        self._unreceived = 0  # sum of _pending, kept as a counter: append is the hot path
         self._dropped = 0
         self._high_water = 0
         self._waiting_producers = 0
@@ -78,7 +87,7 @@ class RecordLog:
 
     async def append(self, stream: StreamName, value: Any) -> Record:
         """Add a record. In ``block`` mode wait while the unreceived part is at its bound."""
-        if self.buffer.mode == "block":
+        if self._mode == "block":
             while self._full() and not self._ended and not self._unbounded:
                 self._waiting_producers += 1
                 try:
@@ -93,21 +102,28 @@ class RecordLog:
             raise JobStateError(
                 f"{self._name} is finished: it takes no more records", job=self._name
             )
-        if self.buffer.mode == "block" and self._full() and not self._unbounded:
+        mode = self._mode
+        if mode == "block" and self._full() and not self._unbounded:
             raise anyio.WouldBlock
-        record = Record(stream, value, self.job_id, self.location, self._next, time.time())
+        seq = self._next
+        self._next = seq + 1
+        record = Record(stream, value, self.job_id, self.location, seq, time.time())
         size = sizeof(value)
-        self._next += 1
         self._mem.append(record)
+        self._sizes.append(size)
         self._mem_bytes += size
         self._pending[stream] += 1
         self._pending_bytes += size
-        if self.buffer.mode == "drop":
+        self._unreceived += 1
+        if mode == "spill":
+            if len(self._mem) > self._max_items or self._mem_bytes > self._max_bytes:
+                self._spill_older()
+        elif mode == "drop":
             self._drop_oldest()
-        elif self.buffer.mode == "spill":
-            self._maybe_spill()
-        self._high_water = max(self._high_water, self.unreceived)
-        self._notify()
+        if self._unreceived > self._high_water:
+            self._high_water = self._unreceived
+        if self._changed is not None or self._listeners:
+            self._notify()
         return record
 
     def end(self) -> None:
@@ -122,40 +138,33 @@ class RecordLog:
         self._notify()
 
     def _full(self) -> bool:
-        b = self.buffer
-        return (b.max_items is not None and self.unreceived >= b.max_items) or (
-            b.max_bytes is not None and self._pending_bytes >= b.max_bytes
-        )
+        return self._unreceived >= self._max_items or self._pending_bytes >= self._max_bytes
 
-    def _over(self, count: int, nbytes: int) -> bool:
-        b = self.buffer
-        return (b.max_items is not None and count > b.max_items) or (
-            b.max_bytes is not None and nbytes > b.max_bytes
-        )
+    def _pop_front(self) -> tuple[Record, int]:
+        record = self._mem.popleft()
+        size = self._sizes.popleft()
+        self._mem_bytes -= size
+        return record, size
 
     def _drop_oldest(self) -> None:
-        while self._over(self.unreceived, self._pending_bytes) and self._mem:
-            record = self._mem.popleft()
-            size = sizeof(record.value)
-            self._mem_bytes -= size
+        while (
+            self._unreceived > self._max_items or self._pending_bytes > self._max_bytes
+        ) and self._mem:
+            record, size = self._pop_front()
             self._first = record.seq + 1
             if record.seq >= self._cursor[record.stream]:
                 self._pending[record.stream] -= 1
+                self._unreceived -= 1
                 self._pending_bytes -= size
                 self._dropped += 1
 
-    def _maybe_spill(self) -> None:
-        if not self._over(len(self._mem), self._mem_bytes):
-            return
+    def _spill_older(self) -> None:
         # Spill down to half the bound so that spilling is amortised over many appends.
-        b = self.buffer
-        keep_items = (b.max_items or sys.maxsize) // 2
-        keep_bytes = (b.max_bytes or sys.maxsize) // 2
+        keep_items, keep_bytes = self._max_items // 2, self._max_bytes // 2
         rows: list[tuple[str, Any, float]] = []
         first = self._mem[0].seq
         while self._mem and (len(self._mem) > keep_items or self._mem_bytes > keep_bytes):
-            record = self._mem.popleft()
-            self._mem_bytes -= sizeof(record.value)
+            record, _ = self._pop_front()
             rows.append((record.stream, record.value, record.time))
         if self._spill is None:
             self._spill = SpillFile()
@@ -165,7 +174,7 @@ class RecordLog:
 
     @property
     def unreceived(self) -> int:
-        return sum(self._pending.values())
+        return self._unreceived
 
     def pending(self, streams: Collection[str] = _ALL) -> int:
         """How many records of ``streams`` are not received yet."""
@@ -208,32 +217,46 @@ class RecordLog:
         records = self.peek(streams)
         self._pending_bytes -= sum(sizeof(r.value) for r in records)
         for s in streams:
+            self._unreceived -= self._pending[s]
             self._pending[s] = 0
             self._cursor[s] = self._next
         self._release()
         return records
 
-    def ack(self, record: Record) -> bool:
+    def ack(self, record: Record, *, release: bool = True) -> bool:
         """Mark one record (and the earlier ones of its stream) received. False if it already was,
-        so that two consumers never both get it."""
-        if record.seq < self._cursor[record.stream] or record.seq < self._first:
+        so that two consumers never both get it. ``release=False`` leaves forgetting received
+        records to a later ``release_received()`` (a streaming reader acks one by one)."""
+        stream, seq = record.stream, record.seq
+        if seq < self._cursor[stream] or seq < self._first:
             return False
-        self._pending[record.stream] -= 1
+        self._pending[stream] -= 1
+        self._unreceived -= 1
         self._pending_bytes -= sizeof(record.value)
-        self._cursor[record.stream] = record.seq + 1
-        self._release()
+        self._cursor[stream] = seq + 1
+        if release:
+            self._release()
+        elif self._waiting_producers:
+            self._notify()  # a producer held by block mode may go on
         return True
+
+    def release_received(self) -> None:
+        """Forget what every stream has received (after ``ack(release=False)`` calls)."""
+        self._release()
 
     def _release(self) -> None:
         """Forget records that every stream has received; wake producers waiting for room."""
-        held = [self._cursor[s] for s in STREAMS if self._pending[s]]
-        trim = min(held, default=self._next)
-        while self._mem and self._mem[0].seq < trim:
-            self._mem_bytes -= sizeof(self._mem.popleft().value)
+        pending, cursor = self._pending, self._cursor
+        trim = min((cursor[s] for s in STREAMS if pending[s]), default=self._next)
+        mem = self._mem
+        while mem and mem[0].seq < trim:
+            self._pop_front()
         if self._spill is not None:
             self._spill.discard_below(trim)
-        self._first = max(self._first, trim)
-        self._notify()
+        if trim > self._first:
+            self._first = trim
+        if self._changed is not None or self._waiting_producers:
+            self._notify()
 
     def _collect(
         self, start: int, streams: Collection[str], limit: int | None, *, unreceived_only: bool
@@ -258,11 +281,10 @@ class RecordLog:
                     out.append(Record(stream, value, self.job_id, self.location, seq, t))  # type: ignore[arg-type]
                     if limit is not None and len(out) >= limit:
                         return out
-        skip = max(0, start - mem_first)
-        for i, record in enumerate(self._mem):
-            if i < skip:
-                continue
-            if wanted(record.seq, record.stream):
+        for record in itertools.islice(self._mem, max(0, start - mem_first), None):
+            if record.stream in want and (
+                not unreceived_only or record.seq >= cursor[record.stream]
+            ):
                 out.append(record)
                 if limit is not None and len(out) >= limit:
                     break
