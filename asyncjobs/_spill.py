@@ -53,7 +53,7 @@ class SpillFile:
         for row in rows:
             try:
                 blob = dumps(row, protocol=protocol)
-            except Exception:  # noqa: BLE001 - any value that won't pickle stays in memory
+            except Exception:  # any value that will not pickle stays in memory
                 self._starts.append(_PINNED)
                 self._ends.append(self._end)
                 self._pinned[seq] = row
