@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import time
 from collections.abc import Awaitable, Generator, Iterator
 from contextlib import contextmanager
@@ -116,10 +117,41 @@ async def open_connection(
         options["client_factory"] = functools.partial(_TimedClient, made)
     t0 = time.perf_counter()
     with map_ssh_errors(where, timeout=timeout), anyio.fail_after(timeout):
-        conn = await asyncssh.connect(target.host, port, **options)
+        conn = await _connect_through_resets(where, target.host, port, options, made)
     t2 = time.perf_counter()
     t1 = made[0] if made else t2
     return conn, ConnectTimings(connect=t1 - t0, auth=t2 - t1)
+
+
+#: How often a connection reset during the handshake is retried before it counts as a failure.
+RESET_RETRIES = 5
+
+
+async def _connect_through_resets(
+    where: str, host: str, port: int | tuple[()], options: dict[str, Any], made: list[float]
+) -> asyncssh.SSHClientConnection:
+    """``asyncssh.connect``, retrying resets during the handshake with jittered backoff.
+
+    sshd's ``MaxStartups`` (10:30:100 by default) drops a share of concurrent unauthenticated
+    connections at random; a fan-out to one host easily hits it. The outer ``connect_timeout``
+    still bounds the whole.
+    """
+    delay = 0.05
+    for attempt in range(RESET_RETRIES + 1):
+        made.clear()
+        try:
+            return await asyncssh.connect(host, port, **options)
+        except (ConnectionResetError, asyncssh.ConnectionLost) as exc:
+            if attempt == RESET_RETRIES:
+                raise ConnectionFailed(
+                    f"{where}: the connection was reset during the handshake "
+                    f"{RESET_RETRIES + 1} times; sshd's MaxStartups may be refusing concurrent "
+                    "connections: lower throttle_limit= or raise MaxStartups on the host",
+                    host=where,
+                ) from exc
+        await anyio.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
 
 
 class _TimedClient(asyncssh.SSHClient):

@@ -349,3 +349,17 @@ async def test_timings_on_every_child_as_json_lines(ssh_hosts: TestHosts) -> Non
                 assert row[phase] is not None and row[phase] >= 0, phase
             assert row["bytes_in"] > 0 and row["attempts"] == 1 and row["exit_status"] == 0
         assert job.children[0].statistics().timings is job.children[0].timings
+
+
+async def test_max_startups_resets_are_retried(fresh_ssh_host: TestHosts) -> None:
+    # 40 concurrent connects to one sshd with its default MaxStartups 10:30:100: some are reset
+    # during the handshake, and are retried until they get through.
+    target = fresh_ssh_host.targets[0]
+    async with JobManager() as jobs:
+        job = await jobs.invoke([target] * 40, "echo ok", throttle_limit=40, **opts(fresh_ssh_host))
+        with anyio.fail_after(60):
+            await job.wait()
+        assert [c.state for c in job.children] == [JobState.COMPLETED] * 40, [
+            str(c.reason) for c in job.children if c.reason
+        ]
+        assert await job.receive() == ["ok"] * 40
