@@ -207,12 +207,15 @@ async def _run(
         timed_out = False
         try:
             started()  # a stop() that came while connecting is acted on just below
+            # One group: stderr and the stop watcher as tasks, stdout read right here (fewer
+            # task hops per command: a short command is dominated by them).
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_stop_on_request, job, session, progress, process, stop_grace)
                 with anyio.move_on_after(timeout) as scope:
-                    async with anyio.create_task_group() as readers:
-                        readers.start_soon(_read, process.stdout, log, "output", progress, t_open)
-                        readers.start_soon(_read, process.stderr, log, "error", progress, t_open)
+                    done = anyio.Event()
+                    tg.start_soon(_read, process.stderr, log, "error", progress, t_open, done)
+                    await _read(process.stdout, log, "output", progress, t_open)
+                    await done.wait()
                     await process.wait_closed()
                 timed_out = scope.cancelled_caught
                 tg.cancel_scope.cancel()
@@ -270,6 +273,21 @@ def _finish(
 
 
 async def _read(
+    reader: asyncssh.SSHReader[bytes],
+    log: RecordLog,
+    stream: Literal["output", "error"],
+    progress: _Progress,
+    t_open: float,
+    done: anyio.Event | None = None,
+) -> None:
+    try:
+        await _read_lines(reader, log, stream, progress, t_open)
+    finally:
+        if done is not None:
+            done.set()
+
+
+async def _read_lines(
     reader: asyncssh.SSHReader[bytes],
     log: RecordLog,
     stream: Literal["output", "error"],

@@ -8,8 +8,10 @@ trio every remote feature raises a clear error while local jobs keep working.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
+import socket
 import time
 from collections.abc import Awaitable, Generator, Iterator
 from contextlib import contextmanager
@@ -155,13 +157,36 @@ async def _connect_through_resets(
 
 
 class _TimedClient(asyncssh.SSHClient):
-    """Notes when the TCP connection is made, before the SSH handshake starts."""
+    """Notes when the TCP connection is made, before the SSH handshake starts, and keeps
+    delayed ACKs off on it (see ``quick_acks``)."""
 
     def __init__(self, made: list[float]) -> None:
         self._made = made
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._made.append(time.perf_counter())
+        quick_acks(conn)
+
+
+def quick_acks(conn: asyncssh.SSHClientConnection) -> None:
+    """Re-arm ``TCP_QUICKACK`` after every read on the connection's socket (Linux).
+
+    sshd sends its first replies on a session in two small writes without ``TCP_NODELAY``;
+    Nagle holds the second until our delayed ACK fires, 40 ms later. Linux clears QUICKACK
+    after it is used, so setting it once is not enough: it is set again after each read.
+    """
+    option = getattr(socket, "TCP_QUICKACK", None)
+    sock = conn.get_extra_info("socket")
+    if option is None or sock is None:
+        return
+    received = conn.data_received
+
+    def data_received(data: bytes, datatype: int | None = None) -> None:
+        received(data, datatype)
+        with contextlib.suppress(OSError):  # the socket is closing: nothing left to speed up
+            sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+
+    conn.data_received = data_received  # type: ignore[method-assign]
 
 
 @final
