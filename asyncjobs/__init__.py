@@ -6,6 +6,9 @@ with bounded, receive-once-or-keep output, on asyncio and on trio.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._context import emit as emit
 from ._context import progress as progress
 from ._context import stop_requested as stop_requested
@@ -30,10 +33,6 @@ from ._models import ManagerStatistics as ManagerStatistics
 from ._models import Progress as Progress
 from ._models import Record as Record
 from ._models import StateChange as StateChange
-from ._remote import RemoteTimings as RemoteTimings
-from ._remote import to_jsonl as timings_jsonl
-from ._ssh import Session as Session
-from ._ssh import connect as connect
 from ._state import JobState as JobState
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
@@ -72,4 +71,33 @@ __all__ = [
 ]
 
 _fixup_module_metadata(__name__, globals())
-del _fixup_module_metadata
+
+if TYPE_CHECKING:
+    from ._remote import RemoteTimings as RemoteTimings
+    from ._remote import to_jsonl as timings_jsonl
+    from ._ssh import Session as Session
+    from ._ssh import connect as connect
+
+# Remote names load asyncssh (~150 ms), so they are imported on first use: local jobs, the
+# job host on a remote machine and the command line's start-up never pay for it.
+_LAZY = {
+    "RemoteTimings": ("._remote", "RemoteTimings"),
+    "timings_jsonl": ("._remote", "to_jsonl"),
+    "Session": ("._ssh", "Session"),
+    "connect": ("._ssh", "connect"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'asyncjobs' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), attribute)
+    _fixup_module_metadata(__name__, {name: value})
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
