@@ -1,0 +1,303 @@
+"""The parent's end of the worker protocol (defined in ``_worker``): frames, a job's call made
+into one frame (``prepare_call``), and ``Worker``, one worker process with its pipes (how it is
+started, how it is stopped).
+
+A frame is ``_worker.HEADER`` (the length) then a pickle. Pickle is fine here: both ends are our
+own processes, started by us. Nothing read from another host ever goes through this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, Final, final
+
+import anyio
+import attrs
+from anyio.abc import ByteReceiveStream, Process
+
+from . import _worker
+from ._errors import JobArgumentError
+from ._worker import HEADER
+
+#: How much to ask the pipe for at once: many small frames arrive in one read.
+CHUNK: Final = 1 << 18
+
+
+class UndecodableFrame(Exception):
+    """A whole frame arrived but does not unpickle here (e.g. a class this process can't
+    import); the stream is still in step."""
+
+
+def encode(message: object) -> bytes:
+    """One frame holding ``message``."""
+    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(data)) + data
+
+
+@final
+class FrameReader:
+    """Length-prefixed frames from a byte stream, read in large chunks into one buffer.
+
+    ``receive()`` is safe to cancel: bytes already read stay in the buffer for the next call.
+    A frame that does not unpickle raises, but is consumed: the next frame reads fine.
+    """
+
+    __slots__ = ("_buffer", "_stream")
+
+    def __init__(self, stream: ByteReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def receive(self) -> Any:
+        """The next message; ``anyio.EndOfStream`` once the peer is gone (also mid-frame: a
+        torn frame means the peer died while writing it)."""
+        buffer = self._buffer
+        while len(buffer) < HEADER.size:
+            buffer += await self._stream.receive(CHUNK)
+        (size,) = HEADER.unpack_from(buffer)
+        end = HEADER.size + size
+        while len(buffer) < end:
+            buffer += await self._stream.receive(max(CHUNK, end - len(buffer)))
+        data = buffer[HEADER.size : end]
+        del buffer[:end]  # consumed even if it does not unpickle: the stream stays in step
+        try:
+            return pickle.loads(data)
+        except Exception as exc:
+            raise UndecodableFrame(f"{type(exc).__name__}: {exc}") from exc
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read from the stream but not yet returned as a message."""
+        return len(self._buffer)
+
+
+# -- a job's call -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ProcessCall:
+    """A job's call, pickled once at start: ``frame`` is what one write to a worker sends."""
+
+    name: str
+    frame: bytes = attrs.field(repr=False)
+
+
+def prepare_call(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+) -> ProcessCall:
+    """Check and pickle a call for ``start_process``; bad input raises ``JobArgumentError``.
+
+    ``cwd=None`` is the caller's directory now (a warm worker may have started elsewhere);
+    ``env`` adds to (or overrides) the worker's environment for this job only.
+    """
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    payload = _pickle_call(fn, args, kwargs, name)
+    return ProcessCall(name, encode((_directory(cwd), _environment(env), payload)))
+
+
+def _pickle_call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], name: str
+) -> bytes:
+    try:
+        return pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        try:
+            pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+        except Exception as fn_exc:
+            raise JobArgumentError(
+                f"start_process(): {name} cannot be sent to a child process ({fn_exc}); a lambda, "
+                "closure or local function cannot be pickled: define it at module level"
+            ) from fn_exc
+        raise JobArgumentError(
+            f"start_process(): the arguments of {name} cannot be sent to a child process ({exc}); "
+            "pass picklable arguments (plain data, instances of module-level classes)"
+        ) from exc
+
+
+def _directory(cwd: str | os.PathLike[str] | None) -> str:
+    if cwd is None:
+        try:
+            return os.getcwd()
+        except OSError as exc:
+            raise JobArgumentError(
+                f"start_process(): the current directory is gone ({exc.strerror}); pass cwd="
+            ) from exc
+    try:
+        path = os.path.abspath(os.fspath(cwd))
+    except TypeError as exc:
+        raise JobArgumentError(f"start_process(): cwd must be a path, got {cwd!r}") from exc
+    if not os.path.isdir(path):
+        raise JobArgumentError(
+            f"start_process(): cwd {path!r} is not an existing directory; create it or pass "
+            "another cwd="
+        )
+    return path
+
+
+def _environment(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    if env is None:
+        return None
+    if not isinstance(env, Mapping):
+        raise JobArgumentError(f"start_process(): env must be a mapping of str to str, got {env!r}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise JobArgumentError(
+                f"start_process(): env must map str to str; {key!r}: {value!r} does not"
+            )
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise JobArgumentError(f"start_process(): {key!r} is not a valid environment variable")
+    return dict(env)
+
+
+# -- one worker process ----------------------------------------------------------------------
+
+#: Loads ``_worker.py`` by path (its cached bytecode too) without importing the package.
+_BOOT: Final = (
+    "import sys\n"
+    "from importlib.machinery import SourceFileLoader\n"
+    "m = type(sys)('__asyncjobs_worker__')\n"
+    "m.__file__ = sys.argv[1]\n"
+    "sys.modules[m.__name__] = m\n"
+    "SourceFileLoader(m.__name__, m.__file__).exec_module(m)\n"
+    "m.main()\n"
+)
+
+
+def worker_argv() -> list[str]:
+    """How to start a worker: this interpreter, its flags (as multiprocessing passes them)."""
+    flags: list[str] = getattr(subprocess, "_args_from_interpreter_flags", list)()
+    path = _worker.__file__
+    if path is not None and path.endswith(".py") and os.path.exists(path):
+        return [sys.executable, *flags, "-c", _BOOT, path]
+    # No source file (a zip or bytecode-only install): import it, package and all.
+    return [sys.executable, *flags, "-c", "from asyncjobs._worker import main; main()"]
+
+
+def preparation_data() -> dict[str, Any]:
+    """``multiprocessing.spawn.get_preparation_data``, made picklable and free of side effects.
+
+    It would fix the parent's start method for good (``get_start_method()`` chooses the default
+    when none was set, and a later ``set_start_method`` then raises), so that choice is undone.
+    """
+    from multiprocessing import context, spawn
+
+    default = context._default_context
+    chosen = getattr(default, "_actual_context", None)
+    try:
+        data = spawn.get_preparation_data("asyncjobs-worker")
+    finally:
+        setattr(default, "_actual_context", chosen)  # noqa: B010 - private, not in the stubs
+    if chosen is None:
+        data.pop("start_method", None)
+    data["authkey"] = bytes(data["authkey"])  # an AuthenticationString refuses to be pickled
+    return data
+
+
+async def spawn_worker() -> Worker:
+    """Start a worker process in its own session (its process group dies with it)."""
+    preamble = encode(preparation_data())  # first: it raises in a worker's half-run __main__
+    with anyio.CancelScope(shield=True):  # never lose a process half-started
+        process = await anyio.open_process(
+            worker_argv(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            start_new_session=True,
+        )
+    return Worker(process, preamble)
+
+
+@final
+class Worker:
+    """One worker process and its two pipes; it runs one job at a time.
+
+    ``busy`` is True from sending a job until its final frame arrived: a worker stopped while
+    busy is out of step with the protocol and can only be killed.
+    """
+
+    __slots__ = ("_frames", "_preamble", "busy", "jobs", "pid", "process")
+
+    def __init__(self, process: Process, preamble: bytes) -> None:
+        assert process.stdout is not None
+        self.process = process
+        self.pid = process.pid
+        self._frames = FrameReader(process.stdout)
+        self._preamble = preamble  # the preparation frame, sent along with the first job
+        self.busy = False
+        self.jobs = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    async def send(self, frame: bytes) -> None:
+        assert self.process.stdin is not None
+        self.busy = True
+        self.jobs += 1
+        data, self._preamble = self._preamble + frame, b""
+        await self.process.stdin.send(data)
+
+    async def receive(self) -> Any:
+        return await self._frames.receive()
+
+    def signal_group(self, signum: int) -> None:
+        """Signal the worker's process group: the worker and whatever it started."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    async def kill(self, grace: float) -> None:
+        """TERM the group, KILL it after ``grace`` seconds, always reap (shielded)."""
+        with anyio.CancelScope(shield=True):
+            if self.alive:
+                self.signal_group(signal.SIGTERM)
+                await self._wait_then_kill(grace)
+            await self.process.aclose()
+
+    async def close(self, grace: float) -> None:
+        """Let an idle worker exit on its own (EOF on its stdin); kill it if it does not."""
+        with anyio.CancelScope(shield=True):
+            assert self.process.stdin is not None
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await self.process.stdin.aclose()
+            if self.alive:
+                await self._wait_then_kill(grace)
+            else:  # it ended just now (reaped by that very check, on trio)
+                self.signal_group(signal.SIGKILL)
+            await self.process.aclose()
+
+    async def wait_dead(self, grace: float) -> int | None:
+        """After EOF: reap the worker and return its exit status (negative: the signal), or
+        ``None`` if it had to be killed because it lived on without its pipe."""
+        try:
+            if self.alive:
+                return await self._wait_then_kill(grace)
+            self.signal_group(signal.SIGKILL)  # it ended just now: what it left in its group
+            return self.process.returncode
+        finally:  # cancelled or not: reaped
+            await self.kill(grace)
+
+    async def _wait_then_kill(self, grace: float) -> int | None:
+        """Wait up to ``grace`` for the worker to end, then SIGKILL its group: the worker itself
+        if it is still there, else whatever it left behind. The group is signalled right as
+        the worker is reaped (no await in between), never later, when its pid may be reused.
+        The exit status if it ended within ``grace``."""
+        with anyio.move_on_after(grace):
+            await self.process.wait()
+        status = self.process.returncode
+        self.signal_group(signal.SIGKILL)
+        return status
+
+    def __repr__(self) -> str:
+        state = "busy" if self.busy else "idle" if self.alive else "exited"
+        return f"<asyncjobs worker pid={self.pid} {state} jobs={self.jobs}>"
