@@ -280,7 +280,9 @@ class Job(metaclass=NoPublicConstructor):
         self._apply(Event.FAIL, reason)
 
     def _mark_stopped(self) -> None:
-        """The stop took effect (or the job was cancelled with its manager)."""
+        """The stop took effect (or the job was cancelled with its manager). Idempotent."""
+        if self._state.is_finished:
+            return
         if self._state is not JobState.STOPPING:
             self._apply(Event.STOP)  # NOT_STARTED -> STOPPED; RUNNING and others -> STOPPING
         if not self._state.is_finished:

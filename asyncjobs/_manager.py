@@ -373,20 +373,17 @@ class JobManager:
         far (maybe nothing) instead of raising; ``timeout=0`` only polls.
         """
         chosen = [self._resolve(j) for j in jobs] if jobs else list(self._jobs.values())
-
-        def done() -> list[Job]:
-            return [j for j in chosen if j.state.is_finished]
-
+        pending = {id(j): j for j in chosen if not j.state.is_finished}
         with anyio.move_on_after(timeout):
-            while True:
-                finished = done()
-                if (finished and any) or len(finished) == len(chosen):
-                    break
+            # Each wake-up looks only at the jobs still pending: linear, not quadratic.
+            while pending and not (any and len(pending) < len(chosen)):
                 if self._finished_event is None:
                     self._finished_event = anyio.Event()
                 await self._finished_event.wait()
+                for key in [k for k, j in pending.items() if j.state.is_finished]:
+                    del pending[key]
         await anyio.lowlevel.checkpoint()
-        return done()
+        return [j for j in chosen if j.state.is_finished]
 
     async def stop(self, job: Job | int) -> None:
         """Stop-Job: stop the job and wait until it is finished."""

@@ -68,16 +68,19 @@ async def run_in_slot(
 async def _wait_for_slot(job: Job, limiter: anyio.CapacityLimiter) -> bool:
     """Wait for a slot or for ``stop()``; True with the slot held, False if stopped first."""
     acquired = False
-    async with anyio.create_task_group() as tg:
+    with anyio.CancelScope() as scope:
+        # stop() cancels the wait through a state listener: no watcher task per queued job.
+        def on_change(changed: Job) -> None:
+            if changed.stop_requested or changed.state.is_finished:
+                scope.cancel()
 
-        async def watch_stop() -> None:
-            await job._stop_event.wait()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch_stop)
-        await limiter.acquire_on_behalf_of(job)
-        acquired = True
-        tg.cancel_scope.cancel()
+        job._listeners.append(on_change)
+        try:
+            if not job.stop_requested:
+                await limiter.acquire_on_behalf_of(job)
+                acquired = True
+        finally:
+            job._listeners.remove(on_change)
     if acquired and job.stop_requested:
         limiter.release_on_behalf_of(job)
         acquired = False
