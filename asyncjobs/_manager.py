@@ -307,13 +307,26 @@ class JobManager:
     # -- the table -------------------------------------------------------------------------
 
     def __getitem__(self, job_id: int) -> Job:
-        for job in self._all():
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        for job in self._all():  # a child: reached through its parent
             if job.id == job_id:
                 return job
         raise NoSuchJob(f"no job with id {job_id!r} in this JobManager; jobs.get() lists them")
 
     def __contains__(self, job: object) -> bool:
-        return any(j is job or j.id == job for j in self._all())
+        """A job (or its id) is in this table: O(1), ``wait(*jobs)`` resolves thousands."""
+        if isinstance(job, Job):
+            top = job.parent or job
+            return self._jobs.get(top.id) is top
+        if isinstance(job, int):
+            try:
+                self[job]
+            except KeyError:
+                return False
+            return True
+        return False
 
     def __len__(self) -> int:
         return len(self._jobs)

@@ -30,13 +30,14 @@ class JobState(enum.Enum):
     @property
     def is_finished(self) -> bool:
         """``COMPLETED``, ``FAILED`` and ``STOPPED`` are terminal: nothing leaves them."""
-        return self in _FINISHED
+        return self.value in _FINISHED_VALUES  # hashing a str, not the enum: hot in wait loops
 
     def __repr__(self) -> str:
         return f"JobState.{self.name}"
 
 
 _FINISHED = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.STOPPED})
+_FINISHED_VALUES = frozenset(s.value for s in _FINISHED)
 
 
 class Event(enum.Enum):

@@ -1,0 +1,247 @@
+"""Streaming a command's output: ``async for line in job.stream()`` vs reading the pipe raw.
+
+The producer is one Python process writing ``--size`` MB (default 1000 MB = 1 GB) of 100-byte
+lines (99 bytes + newline) to ``sys.stdout.buffer``, a precomputed ~1 MiB block at a time.
+asyncjobs: ``start_command([python, "-c", PRODUCER, nbytes])`` and ``async for line in
+job.stream()`` (default ``spill`` buffer), counting lines and bytes.
+Yardstick (asyncio): the same producer via ``asyncio.create_subprocess_exec(..., stdout=PIPE)`` and
+``await proc.stdout.readline()`` until EOF. On trio: ``anyio.open_process`` and
+``BufferedByteReceiveStream.receive_until(b"\\n")`` until EOF.
+Both report MB/s (10^6 bytes, newlines counted); the ratio is yardstick MB/s / asyncjobs MB/s.
+No goal.
+
+    .venv/bin/python benchmarks/bench_stream.py [--quick] [--repeats 5] [--size MB] [--backend trio]
+        [--buffer block] [--timeout 1200]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import anyio
+from _common import header, median, parser, report_pair
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+import asyncjobs
+
+LINE = 100
+PRODUCER = r"""
+import sys
+total = int(sys.argv[1])
+line = b"x" * 99 + b"\n"
+block = line * 10485  # 1,048,500 bytes: about 1 MiB of whole lines
+out = sys.stdout.buffer
+while total >= len(block):
+    out.write(block)
+    total -= len(block)
+out.write(line * (total // len(line)))
+out.flush()
+"""
+
+
+def producer_argv(nbytes: int) -> list[str]:
+    return [sys.executable, "-c", PRODUCER, str(nbytes)]
+
+
+class Round:
+    """One streaming run: bytes and lines read, seconds taken, whether it read everything."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.expected = nbytes
+        self.lines = 0
+        self.bytes = 0
+        self.seconds = 0.0
+        self.t0 = time.perf_counter()
+
+    def done(self) -> Round:
+        self.seconds = time.perf_counter() - self.t0
+        return self
+
+    @property
+    def complete(self) -> bool:
+        return (self.lines, self.bytes) == (self.expected // LINE, self.expected)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+async def asyncjobs_round(jobs: asyncjobs.JobManager, nbytes: int, timeout: float) -> Round:
+    r = Round(nbytes)
+    job = await jobs.start_command(producer_argv(nbytes))
+    with anyio.move_on_after(timeout):
+        async for line in job.stream():
+            r.lines += 1
+            r.bytes += len(line) + 1
+        await job.wait()
+    r.done()
+    if r.complete:
+        assert job.state is asyncjobs.JobState.COMPLETED, (job.state, job.reason)
+    await jobs.remove(job, force=True)  # stops the producer if the round timed out
+    return r
+
+
+async def asyncio_round(nbytes: int, timeout: float) -> Round:
+    r = Round(nbytes)
+    proc = await asyncio.create_subprocess_exec(
+        *producer_argv(nbytes), stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        with anyio.move_on_after(timeout):
+            while line := await proc.stdout.readline():
+                r.lines += 1
+                r.bytes += len(line)
+            await proc.wait()
+        r.done()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    if r.complete:
+        assert proc.returncode == 0, proc.returncode
+    return r
+
+
+async def anyio_round(nbytes: int, timeout: float) -> Round:
+    r = Round(nbytes)
+    async with await anyio.open_process(producer_argv(nbytes), stderr=None) as proc:
+        assert proc.stdout is not None
+        reader = BufferedByteReceiveStream(proc.stdout)
+        with anyio.move_on_after(timeout):
+            while r.bytes < nbytes:
+                try:
+                    line = await reader.receive_until(b"\n", 1 << 16)
+                except (anyio.EndOfStream, anyio.IncompleteRead):
+                    break
+                r.lines += 1
+                r.bytes += len(line) + 1
+            await proc.wait()
+        r.done()
+        if proc.returncode is None:
+            proc.kill()
+    if r.complete:
+        assert proc.returncode == 0, proc.returncode
+    return r
+
+
+def manager(mode: str) -> asyncjobs.JobManager:
+    """The job table, with the default buffer (``spill``) or a ``block`` one (``--buffer``)."""
+    if mode == "block":
+        return asyncjobs.JobManager(buffer=asyncjobs.Buffer(mode="block"))
+    return asyncjobs.JobManager()
+
+
+async def main_async(nbytes: int, repeats: int, backend: str, timeout: float, mode: str) -> None:
+    yardstick = asyncio_round if backend == "asyncio" else anyio_round
+    what = (
+        "asyncio.create_subprocess_exec(stdout=PIPE) + await proc.stdout.readline() loop"
+        if backend == "asyncio"
+        else "anyio.open_process + BufferedByteReceiveStream.receive_until(b'\\n') on trio"
+    )
+    mb = nbytes / 1e6
+    async with manager(mode) as jobs:
+        warm = min(nbytes, 10 * 1_000_000)  # 10 MB warm-up on each side
+        await asyncjobs_round(jobs, warm, timeout)
+        await yardstick(warm, timeout)
+        ours: list[float] = []
+        theirs: list[float] = []
+        incomplete = 0
+        for i in range(repeats):
+            a = await asyncjobs_round(jobs, nbytes, timeout)
+            b = await yardstick(nbytes, timeout)
+            ours.append(a.mb_per_s)
+            theirs.append(b.mb_per_s)
+            note = ""
+            for who, r in (("asyncjobs", a), ("raw pipe", b)):
+                if not r.complete:
+                    incomplete += 1
+                    read = r.bytes / 1e6
+                    note += f"  [{who} stopped at the {timeout:g} s timeout after {read:,.0f} MB]"
+            print(
+                f"  repeat {i + 1}/{repeats}: asyncjobs {ours[-1]:8.1f} MB/s   "
+                f"raw pipe {theirs[-1]:8.1f} MB/s   ratio {theirs[-1] / ours[-1]:.2f}{note}",
+                flush=True,
+            )
+    print(
+        f"  {mb:,.0f} MB of {LINE}-byte lines ({nbytes // LINE:,} lines) from one command, "
+        f"{mode} buffer"
+    )
+    report_pair(
+        "throughput",
+        ours,
+        theirs,
+        unit="MB/s",
+        yardstick=what,
+        goal=None,
+        lower_is_better=False,
+    )
+    print(
+        f"  lines/s: asyncjobs {median(ours) * 1e6 / LINE:,.0f}, "
+        f"raw pipe {median(theirs) * 1e6 / LINE:,.0f}"
+    )
+    if incomplete:
+        print(
+            f"  NOTE: {incomplete} run(s) hit the {timeout:g} s timeout; their MB/s is the rate "
+            "over what they read (an upper bound when the rate falls as the backlog grows)"
+        )
+
+
+def main() -> None:
+    p = parser(__doc__ or "")
+    p.add_argument("--size", type=int, default=None, help="MB to stream (default 1000 = 1 GB)")
+    p.add_argument(
+        "--buffer",
+        choices=("spill", "block"),
+        default="spill",
+        help="the job's buffer mode (default spill, the library's default)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=1200.0,
+        help="seconds per run before it is stopped and its partial rate reported (1200)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="then profile one asyncjobs round with cProfile and print the hot spots",
+    )
+    args = p.parse_args()
+    size_mb = args.size or (20 if args.quick else 1000)
+    nbytes = size_mb * 1_000_000 // LINE * LINE
+    header(f"bench_stream: {size_mb} MB of lines through job.stream() vs a raw pipe", args.backend)
+    if args.repeats > 0:
+        anyio.run(
+            main_async,
+            nbytes,
+            args.repeats,
+            args.backend,
+            args.timeout,
+            args.buffer,
+            backend=args.backend,
+        )
+    if args.profile:
+        profile(nbytes, args.backend, args.timeout, args.buffer)
+
+
+def profile(nbytes: int, backend: str, timeout: float, mode: str) -> None:
+    import cProfile
+    import pstats
+
+    async def rounds() -> None:
+        async with manager(mode) as jobs:
+            with cProfile.Profile() as prof:
+                await asyncjobs_round(jobs, nbytes, timeout)
+        stats = pstats.Stats(prof)
+        stats.sort_stats("tottime").print_stats(20)
+        stats.sort_stats("cumulative").print_stats("asyncjobs", 30)
+
+    print(f"== cProfile of one asyncjobs round ({nbytes / 1e6:,.0f} MB, {backend})")
+    anyio.run(rounds, backend=backend)
+
+
+if __name__ == "__main__":
+    main()
