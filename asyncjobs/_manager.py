@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup
 
 from . import _command, _process
@@ -61,7 +62,7 @@ class JobManager:
         self._next_id = 1
         self._tg: TaskGroup | None = None
         self._closed = False
-        self._finished_event: anyio.Event | None = None
+        self._waiters: list[_Waiter] = []
         self._thread_slots: anyio.CapacityLimiter | None = None
         self._thread_pool: anyio.CapacityLimiter | None = None
         self._process_slots: anyio.CapacityLimiter | None = None
@@ -300,9 +301,14 @@ class JobManager:
         return job
 
     def _job_changed(self, job: Job) -> None:
-        if self._finished_event is not None and job.state.is_finished:
-            self._finished_event.set()
-            self._finished_event = None
+        if not job.state.is_finished:
+            return
+        key = id(job)
+        for waiter in self._waiters:
+            if key in waiter.pending:
+                waiter.pending.discard(key)
+                if waiter.any or not waiter.pending:
+                    waiter.event.set()
 
     # -- the table -------------------------------------------------------------------------
 
@@ -386,15 +392,14 @@ class JobManager:
         far (maybe nothing) instead of raising; ``timeout=0`` only polls.
         """
         chosen = [self._resolve(j) for j in jobs] if jobs else list(self._jobs.values())
-        pending = {id(j): j for j in chosen if not j.state.is_finished}
-        with anyio.move_on_after(timeout):
-            # Each wake-up looks only at the jobs still pending: linear, not quadratic.
-            while pending and not (any and len(pending) < len(chosen)):
-                if self._finished_event is None:
-                    self._finished_event = anyio.Event()
-                await self._finished_event.wait()
-                for key in [k for k, j in pending.items() if j.state.is_finished]:
-                    del pending[key]
+        waiter = _Waiter({id(j) for j in chosen if not j.state.is_finished}, any)
+        if waiter.pending and not (any and len(waiter.pending) < len(chosen)):
+            self._waiters.append(waiter)  # _job_changed ticks jobs off as they finish: O(n)
+            try:
+                with anyio.move_on_after(timeout):
+                    await waiter.event.wait()
+            finally:
+                self._waiters.remove(waiter)
         await anyio.lowlevel.checkpoint()
         return [j for j in chosen if j.state.is_finished]
 
@@ -445,6 +450,15 @@ class JobManager:
             f"<asyncjobs.JobManager {status} jobs={len(self._jobs)} running={running} "
             f"thread_limit={self.thread_limit} process_limit={self.process_limit}>"
         )
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    """One ``wait()`` call: the jobs it still waits for, woken by ``_job_changed``."""
+
+    pending: set[int]
+    any: bool
+    event: anyio.Event = attrs.field(factory=anyio.Event)
 
 
 def _positive(what: str, value: int | None, default: int) -> int:
