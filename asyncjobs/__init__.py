@@ -45,7 +45,9 @@ __all__ = [
     "BufferStatistics",
     "CommandFailed",
     "ConnectionFailed",
+    "HostJobInfo",
     "HostKeyError",
+    "HostSession",
     "Job",
     "JobArgumentError",
     "JobFailed",
@@ -62,9 +64,12 @@ __all__ = [
     "RemoteError",
     "RemoteTimings",
     "Session",
+    "SessionInfo",
     "StateChange",
     "connect",
+    "connect_local",
     "emit",
+    "get_sessions",
     "progress",
     "stop_requested",
     "timings_jsonl",
@@ -73,6 +78,11 @@ __all__ = [
 _fixup_module_metadata(__name__, globals())
 
 if TYPE_CHECKING:
+    from ._hostclient import HostJobInfo as HostJobInfo
+    from ._hostclient import HostSession as HostSession
+    from ._hostclient import connect_local as connect_local
+    from ._hostclient import get_sessions as get_sessions
+    from ._protocol import SessionInfo as SessionInfo
     from ._remote import RemoteTimings as RemoteTimings
     from ._remote import to_jsonl as timings_jsonl
     from ._ssh import Session as Session
@@ -85,6 +95,11 @@ _LAZY = {
     "timings_jsonl": ("._remote", "to_jsonl"),
     "Session": ("._ssh", "Session"),
     "connect": ("._ssh", "connect"),
+    "connect_local": ("._hostclient", "connect_local"),
+    "get_sessions": ("._hostclient", "get_sessions"),
+    "HostSession": ("._hostclient", "HostSession"),
+    "HostJobInfo": ("._hostclient", "HostJobInfo"),
+    "SessionInfo": ("._protocol", "SessionInfo"),
 }
 
 

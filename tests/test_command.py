@@ -270,7 +270,7 @@ async def test_cwd_and_env(tmp_path: Path) -> None:
         print(os.environ['ASYNCJOBS_X'])
         print('PATH' in os.environ)
     """
-    where = os.path.realpath(tmp_path)  # noqa: ASYNC240 - one stat in a test
+    where = os.path.realpath(tmp_path)
     async with JobManager() as jobs:
         job = await jobs.start_command(python(code), cwd=tmp_path, env={"ASYNCJOBS_X": "é x"})
         assert await job == [where, "é x", "True"]

@@ -1,0 +1,657 @@
+"""The job host: a detached process that owns a job table and keeps every job's records on disk.
+
+It is the local-jobs machinery (a ``JobManager`` running command jobs) plus a store: a
+persister per job moves records from the job's in-memory log into the store, and controllers
+read them back from the store over the wire protocol — from any seq (keep) or through the
+per-stream receive-once cursors — also after they disconnected, died, or the host restarted.
+A record is served only once it is committed, so what a controller was given is never lost.
+
+Run as ``python -m asyncjobs._host`` (``--daemonize`` detaches; see ``_hostdir``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import fnmatch
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import attrs
+
+from . import __version__
+from ._errors import AsyncJobsError, JobStateError, NoSuchJob, ProtocolError
+from ._hostdir import (
+    ENV_IDLE,
+    LOCK,
+    STORE,
+    ensure_private_dir,
+    host_dir,
+    peer_uid,
+    socket_path,
+)
+from ._job import Job
+from ._manager import JobManager
+from ._models import STREAMS, Buffer
+from ._protocol import (
+    PROTOCOL_VERSION,
+    Batch,
+    ErrorInfo,
+    FrameStream,
+    Hello,
+    JobInfo,
+    Request,
+    Response,
+    SessionInfo,
+    Welcome,
+    WireRecord,
+    decode_value,
+    encode_value,
+    error_to_wire,
+)
+from ._state import JobState
+from ._store import JobRow, SessionRow, Store, StoredRecord
+
+#: Unreceived records a job of a disconnected session may hold before ``output_buffering``
+#: acts: ``block`` stops taking its output (its pipe fills, the program waits), ``drop``
+#: discards the oldest.
+DISCONNECTED_BOUND: Final = 10_000
+DEFAULT_IDLE_TIMEOUT: Final = 2 * 3600.0  # PowerShell's default for disconnected sessions
+DEFAULT_IDLE_EXIT: Final = 300.0
+_ACTIVE: Final = {s.value for s in JobState if not s.is_finished}
+
+
+def pack_value(value: Any) -> bytes:
+    """A record's value as the store keeps it: text and bytes raw (the common case: command
+    output), anything else as the wire's JSON. Never pickle: the store holds data only."""
+    if type(value) is str:
+        return b"s" + value.encode("utf-8", "surrogatepass")
+    if type(value) is bytes:
+        return b"b" + value
+    return b"j" + json.dumps(encode_value(value), separators=(",", ":")).encode()
+
+
+def unpack_value(blob: bytes) -> Any:
+    kind, body = blob[:1], blob[1:]
+    if kind == b"s":
+        return body.decode("utf-8", "surrogatepass")
+    if kind == b"b":
+        return bytes(body)
+    return decode_value(json.loads(body))
+
+
+def _wire(records: list[StoredRecord]) -> list[WireRecord]:
+    return [WireRecord(r.seq, r.stream, unpack_value(r.value), r.time) for r in records]
+
+
+@attrs.define(eq=False)
+class _HostJob:
+    """A job this host runs now: the local job and what its readers wait on."""
+
+    row_id: int
+    session: str
+    local: Job
+    appended: anyio.Event = attrs.field(factory=anyio.Event)  # set (and replaced) per flush
+    received: anyio.Event = attrs.field(factory=anyio.Event)  # set (and replaced) per take
+    done: anyio.Event = attrs.field(factory=anyio.Event)  # final state is in the store
+
+    def wake_readers(self) -> None:
+        self.appended.set()
+        self.appended = anyio.Event()
+
+    def wake_producer(self) -> None:
+        self.received.set()
+        self.received = anyio.Event()
+
+
+@attrs.define(eq=False)
+class _Session:
+    name: str
+    observer: bool = False  # a connection that only looks (sessions, get): no session
+    attached: bool = False
+    changed: anyio.Event = attrs.field(factory=anyio.Event)
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+class JobHost:
+    """The server: accepts controllers on a Unix socket, runs their jobs, keeps their records."""
+
+    def __init__(self, directory: Path, *, idle_exit: float = DEFAULT_IDLE_EXIT) -> None:
+        self.directory = directory
+        self.idle_exit = idle_exit
+        self.store = Store.open(directory / STORE)
+        self._jobs: dict[int, _HostJob] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._connections = 0
+        self._last_activity = time.monotonic()
+        self._manager: JobManager | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    async def serve(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+        recovered = self.store.recover(
+            "the job host died while this job ran (it was killed or the machine restarted)"
+        )
+        if recovered:
+            print(f"asyncjobs job host: marked {len(recovered)} jobs failed", file=sys.stderr)
+        for row in self.store.sessions():
+            if row.state == "Opened":  # its connection died with the old host
+                self.store.put_session(
+                    attrs.evolve(row, state="Disconnected", disconnected_at=time.time())
+                )
+        async with JobManager(process_limit=64) as manager, anyio.create_task_group() as tg:
+            self._manager, self._tg = manager, tg
+            tg.start_soon(self._housekeeping, tg.cancel_scope)
+            async with listener:
+                await listener.serve(self._connection, task_group=tg)
+
+    async def _housekeeping(self, scope: anyio.CancelScope) -> None:
+        """Stop the jobs of sessions idle past their timeout; exit when idle long enough."""
+        while True:
+            await anyio.sleep(min(1.0, self.idle_exit / 4))
+            now = time.time()
+            for row in self.store.sessions():
+                expired = (
+                    row.state == "Disconnected"
+                    and row.disconnected_at is not None
+                    and now - row.disconnected_at > row.idle_timeout
+                )
+                if expired:
+                    await self._expire(row)
+            busy = self._connections or any(not j.done.is_set() for j in self._jobs.values())
+            if busy:
+                self._last_activity = time.monotonic()
+            elif time.monotonic() - self._last_activity > self.idle_exit:
+                scope.cancel()
+                return
+
+    async def _expire(self, row: SessionRow) -> None:
+        """PowerShell: a disconnected session past its idle timeout is closed, its jobs stopped."""
+        async with anyio.create_task_group() as tg:
+            for job in list(self._jobs.values()):
+                if job.session == row.name:
+                    tg.start_soon(job.local.stop)
+        self.store.put_session(attrs.evolve(row, state="Closed"))
+
+    # -- one controller ------------------------------------------------------------------
+
+    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        uid = peer_uid(raw)
+        if uid is not None and uid != os.getuid():
+            await stream.aclose()  # another user: the directory's 0700 should have stopped them
+            return
+        self._connections += 1
+        frames = FrameStream(stream)
+        session: _Session | None = None
+        try:
+            session = await self._greet(frames)
+            if session is None:
+                return
+            async with anyio.create_task_group() as tg:
+                while True:
+                    try:
+                        message = await frames.receive()
+                    except anyio.EndOfStream:
+                        break
+                    try:
+                        request = Request.from_wire(message)
+                    except ProtocolError as exc:  # this connection only: answer, then close
+                        with anyio.move_on_after(1):
+                            await frames.send(
+                                Response(0, False, None, error_to_wire(exc)).to_wire()
+                            )
+                        break
+                    if request.op == "disconnect":
+                        await frames.send(Response(request.id, True, None, None).to_wire())
+                        break
+                    tg.start_soon(self._answer, frames, session, request)
+                tg.cancel_scope.cancel()
+        except ProtocolError as exc:
+            with contextlib.suppress(Exception):
+                await frames.send(Response(0, False, None, error_to_wire(exc)).to_wire())
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the controller went away: its session is disconnected below
+        finally:
+            self._connections -= 1
+            self._last_activity = time.monotonic()
+            if session is not None:
+                self._detach(session)
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    async def _greet(self, frames: FrameStream) -> _Session | None:
+        """Read the hello: attach to (or create) the session it names, or refuse it."""
+        hello = Hello.from_wire(await frames.receive())
+        if hello.session is None and not hello.create:
+            session = _Session("", observer=True)  # get_sessions(): no session of its own
+            await frames.send(self._welcome("").to_wire())
+            return session
+        name = hello.session or self._new_session_name()
+        row = self.store.session(name)
+        if row is None or row.state == "Closed":
+            if hello.session is not None and not hello.create:
+                names = [r.name for r in self.store.sessions() if r.state != "Closed"]
+                await self._refuse(
+                    frames,
+                    f"no session named {name!r} on this job host; sessions: "
+                    f"{', '.join(names) or 'none'}",
+                )
+                return None
+            row = SessionRow(
+                name=name,
+                state="Opened",
+                idle_timeout=hello.idle_timeout or DEFAULT_IDLE_TIMEOUT,
+                output_buffering=hello.output_buffering or "block",
+                created_at=time.time(),
+                disconnected_at=None,
+            )
+        session = self._sessions.setdefault(name, _Session(name))
+        if session.attached:
+            await self._refuse(
+                frames, f"session {name!r} is in use by another connection; disconnect it first"
+            )
+            return None
+        session.attached = True
+        session.wake()
+        self.store.put_session(attrs.evolve(row, state="Opened", disconnected_at=None))
+        await frames.send(self._welcome(name).to_wire())
+        return session
+
+    def _welcome(self, name: str) -> Welcome:
+        sessions = [r.name for r in self.store.sessions() if r.state != "Closed"]
+        return Welcome(PROTOCOL_VERSION, f"asyncjobs {__version__}", name or "-", sessions)
+
+    async def _refuse(self, frames: FrameStream, message: str) -> None:
+        """Refuse a hello: the id-0 response; the connection is closed after it."""
+        refusal = Response(0, False, None, ErrorInfo("AsyncJobsError", message))
+        await frames.send(refusal.to_wire())
+
+    def _new_session_name(self) -> str:
+        taken = {r.name for r in self.store.sessions()}
+        n = len(taken) + 1
+        while f"Session{n}" in taken:
+            n += 1
+        return f"Session{n}"
+
+    def _detach(self, session: _Session) -> None:
+        if session.observer:
+            return
+        session.attached = False
+        session.wake()
+        row = self.store.session(session.name)
+        if row is not None and row.state == "Opened":
+            self.store.put_session(
+                attrs.evolve(row, state="Disconnected", disconnected_at=time.time())
+            )
+
+    async def _answer(self, frames: FrameStream, session: _Session, request: Request) -> None:
+        try:  # Request.from_wire validated the args and filled in every default
+            result = await getattr(self, f"_op_{request.op}")(session, **request.args)
+            response = Response.success(request.id, result)
+        except AsyncJobsError as exc:
+            response = Response(request.id, False, None, error_to_wire(exc))
+        except Exception as exc:  # a bug here must not take the host down: report it
+            info = ErrorInfo("AsyncJobsError", f"job host error: {exc!r}")
+            response = Response(request.id, False, None, info)
+        await frames.send(response.to_wire())
+
+    async def _op_ping(self, session: _Session) -> str:
+        return "pong"
+
+    async def _op_start_command(
+        self,
+        session: _Session,
+        command: str | list[str],
+        name: str | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        input: str | bytes | None = None,
+        buffer: dict[str, Any] | None = None,
+    ) -> JobInfo:
+        assert self._manager is not None and self._tg is not None
+        display = command if isinstance(command, str) else " ".join(command)
+        row = self.store.new_job(
+            session=session.name,
+            name=name,
+            kind="BackgroundJob",
+            command=display,
+            location=os.uname().nodename,
+            instance_id=str(uuid.uuid4()),
+        )
+        try:
+            local = await self._manager.start_command(
+                command,
+                name=row.name,
+                cwd=cwd,
+                env=env,
+                input=input,
+                buffer=Buffer(max_items=4096, max_bytes=8 * 1024 * 1024, mode="block"),
+            )
+        except AsyncJobsError:
+            self.store.delete_job(row.id)
+            raise
+        job = _HostJob(row.id, session.name, local)
+        self._jobs[row.id] = job
+        self._tg.start_soon(self._persist, job)
+        self.store.update_job(row.id, state=local.state.value, started_at=local.started_at)
+        return self._info(self._row(row.id))
+
+    async def _persist(self, job: _HostJob) -> None:
+        """Move the job's records from memory to the store; write its final state last."""
+        log = job.local._log
+        assert log is not None
+        local = job.local
+        while True:
+            changed = log.changed()
+            if self._held(job):
+                with anyio.move_on_after(0.5):  # reconnects and receives wake it sooner
+                    await job.received.wait()
+                continue
+            records = log.take(STREAMS)
+            if records:
+                rows = [(r.stream, pack_value(r.value), r.time) for r in records]
+                self.store.append(job.row_id, rows)
+                self._maybe_drop(job)
+                job.wake_readers()
+                continue
+            if local.state.is_finished and log.unreceived == 0:
+                break
+            await changed.wait()
+        reason = str(local.reason) if local.reason is not None else None
+        self.store.update_job(
+            job.row_id,
+            state=local.state.value,
+            reason=reason,
+            exit_status=local.exit_status,
+            started_at=local.started_at,
+            finished_at=local.finished_at,
+        )
+        job.done.set()
+        job.wake_readers()
+        if self._manager is not None and local in self._manager:
+            await self._manager.remove(local)  # the store has it all now
+
+    def _buffering(self, job: _HostJob) -> str | None:
+        """The session's output_buffering while it is disconnected, else None."""
+        session = self._sessions.get(job.session)
+        if session is not None and session.attached:
+            return None
+        row = self.store.session(job.session)
+        return row.output_buffering if row is not None else None
+
+    def _held(self, job: _HostJob) -> bool:
+        return (
+            self._buffering(job) == "block"
+            and self.store.unreceived(job.row_id) >= DISCONNECTED_BOUND
+        )
+
+    def _maybe_drop(self, job: _HostJob) -> None:
+        if self._buffering(job) == "drop":
+            self.store.drop_oldest(job.row_id, keep=DISCONNECTED_BOUND)
+
+    def _row(self, job_id: int) -> JobRow:
+        row = self.store.job(job_id)
+        if row is None:
+            raise NoSuchJob(f"no job with id {job_id} on this job host; jobs.get() lists them")
+        return row
+
+    def _info(self, row: JobRow) -> JobInfo:
+        finished = row.state not in _ACTIVE
+        more = not finished or self.store.unreceived(row.id) > 0
+        return JobInfo(
+            id=row.id,
+            instance_id=row.instance_id,
+            name=row.name,
+            kind=row.kind,
+            command=row.command,
+            location=row.location,
+            session=row.session,
+            state=JobState(row.state),
+            reason=row.reason,
+            exit_status=row.exit_status,
+            has_more_data=more,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            next_seq=row.next_seq,
+            dropped=row.dropped,
+        )
+
+    async def _op_job(self, session: _Session, job: int) -> JobInfo:
+        return self._info(self._row(job))
+
+    async def _op_get(
+        self,
+        session: _Session,
+        id: int | None = None,
+        name: str | None = None,
+        state: str | None = None,
+        kind: str | None = None,
+        location: str | None = None,
+        session_name: str | None = None,
+        has_more_data: bool | None = None,
+    ) -> list[JobInfo]:
+        out = []
+        for row in self.store.jobs(session_name):
+            if id is not None and row.id != id:
+                continue
+            if name is not None and not fnmatch.fnmatchcase(row.name, name):
+                continue
+            if state is not None and row.state != state:
+                continue
+            if kind is not None and row.kind != kind:
+                continue
+            if location is not None and not fnmatch.fnmatchcase(row.location, location):
+                continue
+            info = self._info(row)
+            if has_more_data is None or info.has_more_data is has_more_data:
+                out.append(info)
+        return out
+
+    async def _op_wait(
+        self,
+        session: _Session,
+        jobs: list[int],
+        any: bool = False,
+        timeout: float | None = None,
+    ) -> list[JobInfo]:
+        rows = [self._row(j) for j in jobs] or self.store.jobs(session.name)
+
+        def finished() -> list[int]:
+            return [
+                r.id
+                for r in rows
+                if (r.id not in self._jobs or self._jobs[r.id].done.is_set())
+                and self._row(r.id).state not in _ACTIVE
+            ]
+
+        with anyio.move_on_after(timeout):
+            while True:
+                done = finished()
+                if len(done) == len(rows) or (any and done):
+                    break
+                waiting = [
+                    self._jobs[r.id].done
+                    for r in rows
+                    if r.id in self._jobs and not self._jobs[r.id].done.is_set()
+                ]
+                if not waiting:
+                    break
+                async with anyio.create_task_group() as tg:
+
+                    async def first(event: anyio.Event) -> None:
+                        await event.wait()
+                        tg.cancel_scope.cancel()
+
+                    for event in waiting:
+                        tg.start_soon(first, event)
+        return [self._info(self._row(j)) for j in finished()]
+
+    async def _op_read(
+        self,
+        session: _Session,
+        job: int,
+        from_seq: int = 0,
+        streams: list[str] | None = None,
+        limit: int | None = None,
+        wait: float | None = None,
+        unreceived: bool = False,
+    ) -> Batch:
+        def fetch() -> list[StoredRecord]:
+            return self.store.read(
+                job, from_seq, streams=streams, limit=limit, unreceived_only=unreceived
+            )
+
+        return await self._reading(job, wait, fetch)
+
+    async def _op_take(
+        self,
+        session: _Session,
+        job: int,
+        streams: list[str] | None = None,
+        limit: int | None = None,
+        wait: float | None = None,
+    ) -> Batch:
+        chosen = streams or list(STREAMS)
+        batch = await self._reading(job, wait, lambda: self.store.take(job, chosen, limit))
+        host_job = self._jobs.get(job)
+        if host_job is not None:
+            host_job.wake_producer()
+        return batch
+
+    async def _reading(
+        self, job_id: int, wait: float | None, fetch: Callable[[], list[StoredRecord]]
+    ) -> Batch:
+        """Fetch records; if none and ``wait`` > 0 while the job runs, long-poll for more."""
+        self._row(job_id)
+        records = fetch()
+        host_job = self._jobs.get(job_id)
+        if not records and wait and host_job is not None and not host_job.done.is_set():
+            with anyio.move_on_after(wait):
+                await host_job.appended.wait()
+            records = fetch()
+        row = self._row(job_id)
+        next_seq = records[-1].seq + 1 if records else row.next_seq
+        return Batch(records=_wire(records), next_seq=next_seq, job=self._info(row))
+
+    async def _op_stop(self, session: _Session, job: int) -> JobInfo:
+        row = self._row(job)
+        host_job = self._jobs.get(job)
+        if host_job is not None:
+            await host_job.local.stop()
+            await host_job.done.wait()
+        return self._info(self._row(row.id))
+
+    async def _op_remove(self, session: _Session, job: int, force: bool = False) -> None:
+        row = self._row(job)
+        if row.state in _ACTIVE:
+            if not force:
+                raise JobStateError(
+                    f"job {row.id} ({row.name!r}) is {row.state}; stop it first or pass force=True"
+                )
+            await self._op_stop(session, job)
+        self._jobs.pop(job, None)
+        self.store.delete_job(job)
+
+    async def _op_sessions(self, session: _Session) -> list[SessionInfo]:
+        counts: dict[str, int] = {}
+        for row in self.store.jobs():
+            counts[row.session] = counts.get(row.session, 0) + 1
+        return [
+            SessionInfo(
+                name=r.name,
+                state=r.state,  # type: ignore[arg-type]
+                job_count=counts.get(r.name, 0),
+                idle_timeout=r.idle_timeout,
+            )
+            for r in self.store.sessions()
+            if r.state != "Closed"
+        ]
+
+    async def _op_close_session(self, session: _Session) -> None:
+        row = self.store.session(session.name)
+        if row is not None:
+            await self._expire(row)
+
+
+# -- the process --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path) -> Iterator[bool]:
+    """Hold the host lock for the life of the process; False if another host holds it."""
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)
+
+
+async def _run(directory: Path, idle_exit: float) -> None:
+    path = socket_path(directory)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a stale socket of a host that died; we hold the lock
+    listener = await anyio.create_unix_listener(path, mode=0o600)
+    host = JobHost(directory, idle_exit=idle_exit)
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def on_signals() -> None:
+                # TERM/INT: a clean shutdown: the job table stops its jobs and reaps them.
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(on_signals)
+            await host.serve(listener)
+            tg.cancel_scope.cancel()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        host.store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    directory = ensure_private_dir(host_dir())
+    idle_exit = float(os.environ.get(ENV_IDLE, DEFAULT_IDLE_EXIT))
+    if "--daemonize" in args:
+        if os.fork() > 0:
+            return 0  # the first child: exit, so that the host is nobody's child
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)  # stderr stays on the log file the spawner opened
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with _exclusive(directory) as mine:
+        if not mine:
+            return 0  # another job host serves this directory
+        anyio.run(_run, directory, idle_exit, backend="asyncio")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,505 @@
+"""The controller side of the job host: ``connect_local()``, ``get_sessions(None)`` and
+``session.jobs``, the ``JobManager`` API over the wire.
+
+Jobs started through ``session.jobs`` run on the job host and keep their records there, also
+while no controller is connected; what this side holds are snapshots (``HostJobInfo``) and the
+records it reads. Reads go by position (``read(job, from_seq)``) or through the host's
+receive-once cursors (``receive``), so two controllers can follow one job without stealing
+each other's output, and a controller that reconnects goes on from the last seq it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, final
+
+import anyio
+import anyio.abc
+import attrs
+
+from . import __version__
+from ._errors import AsyncJobsError, CommandFailed, JobFailed, JobStopped
+from ._hostdir import connect_socket, host_dir
+from ._models import STREAMS, Record, StreamName
+from ._protocol import (
+    PROTOCOL_VERSION,
+    Batch,
+    FrameStream,
+    Hello,
+    JobInfo,
+    Request,
+    Response,
+    SessionInfo,
+    Welcome,
+    check_version,
+    decode_message,
+    error_from_wire,
+    parse_result,
+)
+from ._state import JobState
+
+_PAGE: Final = 50_000  # records per request when draining
+Buffering = Literal["block", "drop"]
+
+
+@attrs.frozen
+class HostJobInfo:
+    """A snapshot of a job on a job host, as ``session.jobs`` returns it."""
+
+    id: int
+    name: str
+    kind: str
+    command: str
+    location: str
+    session: str | None
+    state: JobState
+    has_more_data: bool
+    reason: str | None
+    exit_status: int | None
+    started_at: float | None
+    finished_at: float | None
+    next_seq: int
+    dropped: int
+    instance_id: str
+
+    @classmethod
+    def from_info(cls, info: JobInfo) -> HostJobInfo:
+        return cls(
+            id=info.id,
+            name=info.name,
+            kind=info.kind,
+            command=info.command,
+            location=info.location,
+            session=info.session,
+            state=info.state,
+            has_more_data=info.has_more_data,
+            reason=info.reason,
+            exit_status=info.exit_status,
+            started_at=info.started_at,
+            finished_at=info.finished_at,
+            next_seq=info.next_seq,
+            dropped=info.dropped,
+            instance_id=info.instance_id,
+        )
+
+
+JobRef = HostJobInfo | int
+
+
+def _job_id(job: JobRef) -> int:
+    if isinstance(job, HostJobInfo):
+        return job.id
+    if isinstance(job, int) and not isinstance(job, bool):
+        return job
+    raise AsyncJobsError(f"expected a job id or a job from session.jobs, got {job!r}")
+
+
+def _streams(streams: Iterable[StreamName] | None) -> list[str] | None:
+    if streams is None:
+        return None
+    return [streams] if isinstance(streams, str) else list(streams)
+
+
+@final
+class HostConnection:
+    """Requests and responses over one frame stream, with no task of its own: whichever caller
+    finds nobody reading reads the next frame and hands it to the request it answers, so a
+    long-poll read and other calls can be in flight together and nothing outlives the caller."""
+
+    def __init__(self, frames: FrameStream, welcome: Welcome) -> None:
+        self._frames = frames
+        self.welcome = welcome
+        self._next_id = 1
+        self._answers: dict[int, Response | None] = {}
+        self._reading = False
+        self._read_one = anyio.Event()
+        self._broken: BaseException | None = None
+
+    async def request(self, op: str, **args: Any) -> Any:
+        """Call ``op`` on the host; its result made into objects (``parse_result``)."""
+        self._check()
+        request_id = self._next_id
+        self._next_id += 1
+        self._answers[request_id] = None
+        try:
+            await self._frames.send(Request(request_id, op, args).to_wire())
+            response = await self._answer(request_id)
+        finally:
+            self._answers.pop(request_id, None)
+        if not response.ok:
+            assert response.error is not None
+            raise error_from_wire(response.error)
+        return parse_result(op, response.result)
+
+    async def _answer(self, request_id: int) -> Response:
+        while (response := self._answers.get(request_id)) is None:
+            self._check()
+            if self._reading:  # another caller reads: wait for it to hand over a frame
+                await self._read_one.wait()
+                continue
+            self._reading = True
+            try:
+                frame = await self._frames.receive()
+                got = Response.from_wire(frame)
+                if got.id in self._answers:
+                    self._answers[got.id] = got
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+                self._broken = exc
+            except (AsyncJobsError, OSError) as exc:
+                self._broken = exc
+            finally:
+                self._reading = False
+                done, self._read_one = self._read_one, anyio.Event()
+                done.set()
+        return response
+
+    def _check(self) -> None:
+        if self._broken is not None:
+            raise AsyncJobsError(
+                f"the connection to the job host is closed ({self._broken!r}); reconnect"
+            )
+
+    async def aclose(self) -> None:
+        await self._frames.aclose()
+
+
+@final
+class HostJobs:
+    """``session.jobs``: the job table of a job host (Start-Job, Get-Job, Receive-Job, ...)."""
+
+    def __init__(self, connection: HostConnection) -> None:
+        self._c = connection
+
+    async def start_command(
+        self,
+        command: str | Sequence[str],
+        /,
+        *,
+        name: str | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        input: str | bytes | None = None,
+    ) -> HostJobInfo:
+        """Start a command on the job host; its records stay there until received."""
+        cmd: str | list[str] = command if isinstance(command, str) else list(command)
+        info: JobInfo = await self._c.request(
+            "start_command", command=cmd, name=name, cwd=cwd, env=env, input=input
+        )
+        return HostJobInfo.from_info(info)
+
+    async def get(
+        self, *, name: str | None = None, state: JobState | str | None = None
+    ) -> list[HostJobInfo]:
+        """The host's jobs (every session's), filtered like ``JobManager.get``."""
+        if isinstance(state, str):
+            state = _state(state)
+        wanted = state.value if state is not None else None
+        infos: list[JobInfo] = await self._c.request("get", name=name, state=wanted)
+        return [HostJobInfo.from_info(i) for i in infos]
+
+    async def job(self, job: JobRef) -> HostJobInfo:
+        """A fresh snapshot of one job."""
+        return HostJobInfo.from_info(await self._c.request("job", job=_job_id(job)))
+
+    async def wait(
+        self, *jobs: JobRef, any: bool = False, timeout: float | None = None
+    ) -> list[HostJobInfo]:
+        """Wait-Job on the host: the given jobs (default: this session's) that are finished
+        when it returns; at ``timeout`` what is finished so far."""
+        ids = [_job_id(j) for j in jobs]
+        infos: list[JobInfo] = await self._c.request("wait", jobs=ids, any=any, timeout=timeout)
+        return [HostJobInfo.from_info(i) for i in infos]
+
+    async def read(
+        self,
+        job: JobRef,
+        from_seq: int = 0,
+        *,
+        streams: Iterable[StreamName] | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Records from ``from_seq`` on, received or not; moves nothing (keep)."""
+        records: list[Record] = []
+        seq = from_seq
+        while True:
+            page = _PAGE if limit is None else min(_PAGE, limit - len(records))
+            batch: Batch = await self._c.request(
+                "read", job=_job_id(job), from_seq=seq, streams=_streams(streams), limit=page
+            )
+            got = batch.to_records(batch.job.location)
+            records.extend(got)
+            if len(got) < page or (limit is not None and len(records) >= limit):
+                return records
+            seq = batch.next_seq
+
+    async def receive_records(
+        self, job: JobRef, *, keep: bool = False, streams: Iterable[StreamName] | None = None
+    ) -> list[Record]:
+        """The records not yet received, in the order produced (receive-once, global to the
+        host as in PowerShell; ``keep=True`` leaves them for the next receiver)."""
+        chosen = _streams(streams) or list(STREAMS)
+        records: list[Record] = []
+        seq = 0
+        while True:
+            if keep:
+                batch: Batch = await self._c.request(
+                    "read",
+                    job=_job_id(job),
+                    from_seq=seq,
+                    streams=chosen,
+                    limit=_PAGE,
+                    unreceived=True,
+                )
+            else:
+                batch = await self._c.request("take", job=_job_id(job), streams=chosen, limit=_PAGE)
+            got = batch.to_records(batch.job.location)
+            records.extend(got)
+            if len(got) < _PAGE:
+                return records
+            seq = batch.next_seq
+
+    async def receive(self, job: JobRef, *, keep: bool = False) -> list[Any]:
+        """Receive-Job: the output items not yet received."""
+        return [r.value for r in await self.receive_records(job, keep=keep, streams=("output",))]
+
+    async def stream_records(
+        self, job: JobRef, *, streams: Iterable[StreamName] | None = ("output",)
+    ) -> AsyncIterator[Record]:
+        """Receive-Job -Wait: records as the host stores them, until the job is finished and
+        drained (receive-once, a page at a time, long-polling while the job runs)."""
+        chosen = _streams(streams) or list(STREAMS)
+        job_id = _job_id(job)
+        while True:
+            batch: Batch = await self._c.request(
+                "take", job=job_id, streams=chosen, limit=_PAGE, wait=30.0
+            )
+            got = batch.to_records(batch.job.location)
+            for record in got:
+                yield record
+            if not got and batch.job.state.is_finished:
+                return
+
+    async def stream(
+        self, job: JobRef, *, streams: Iterable[StreamName] | None = ("output",)
+    ) -> AsyncIterator[Any]:
+        """Like ``stream_records`` but yields the values."""
+        async for record in self.stream_records(job, streams=streams):
+            yield record.value
+
+    async def stop(self, job: JobRef) -> HostJobInfo:
+        """Stop-Job on the host; returns the job once it is finished."""
+        return HostJobInfo.from_info(await self._c.request("stop", job=_job_id(job)))
+
+    async def remove(self, job: JobRef, *, force: bool = False) -> None:
+        """Remove-Job on the host: the job and its records are gone."""
+        await self._c.request("remove", job=_job_id(job), force=force)
+
+
+def _state(text: str) -> JobState:
+    key = text.upper().replace("-", "_")
+    for state in JobState:
+        if key in (state.name, state.value.upper()):
+            return state
+    raise AsyncJobsError(f"unknown job state {text!r}; states are {[s.name for s in JobState]}")
+
+
+@final
+class HostSession:
+    """A session on a job host (the local one from ``connect_local``): ``jobs`` runs there;
+    ``disconnect()`` (also leaving ``async with``) leaves it and its jobs running, and
+    ``connect_local(name=...)`` from any process reattaches."""
+
+    def __init__(self, connection: HostConnection, location: str) -> None:
+        self._c = connection
+        self.name = connection.welcome.session
+        self.location = location
+        self.jobs = HostJobs(connection)
+        self._closed = False
+
+    async def invoke(
+        self, command: str | Sequence[str], *, timeout: float | None = None
+    ) -> list[Any]:
+        """Run a command on the host, wait, return its output; ``JobFailed`` if it failed."""
+        job = await self.jobs.start_command(command)
+        done = await self.jobs.wait(job, timeout=timeout)
+        if not done:
+            await self.jobs.stop(job)
+        info = await self.jobs.job(job)
+        output = await self.jobs.receive(job)
+        await self.jobs.remove(job, force=True)
+        if info.state is JobState.FAILED:
+            reason = CommandFailed(info.reason or "failed", exit_status=info.exit_status)
+            raise JobFailed(f"job {info.id} ({info.name!r}) failed: {info.reason}", reason=reason)
+        if info.state is JobState.STOPPED:
+            raise JobStopped(f"job {info.id} ({info.name!r}) was stopped after {timeout} s")
+        return output
+
+    async def sessions(self) -> list[SessionInfo]:
+        """The sessions of this job host."""
+        sessions: list[SessionInfo] = await self._c.request("sessions")
+        return sessions
+
+    async def disconnect(self) -> None:
+        """Leave the session and its jobs running on the host (Disconnect-PSSession)."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.move_on_after(5):
+                    await self._c.request("disconnect")
+            except AsyncJobsError:
+                pass
+            await self._c.aclose()
+
+    close = disconnect
+
+    async def __aenter__(self) -> HostSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()
+
+    def __repr__(self) -> str:
+        state = "disconnected" if self._closed else "open"
+        return f"<asyncjobs.HostSession {self.name!r} {self.location} {state}>"
+
+
+async def open_host_session(
+    stream: anyio.abc.ByteStream,
+    *,
+    name: str | None,
+    create: bool,
+    location: str,
+    idle_timeout: float | None = None,
+    output_buffering: Buffering | None = None,
+) -> HostSession:
+    """Say hello on ``stream``; the session owns the stream and its response reader."""
+    frames = FrameStream(stream)
+    hello = Hello(
+        PROTOCOL_VERSION, f"asyncjobs {__version__}", name, create, idle_timeout, output_buffering
+    )
+    await frames.send(hello.to_wire())
+    reply = decode_message(await frames.receive())
+    if isinstance(reply, Response) and reply.error is not None:  # the host refused the hello
+        await frames.aclose()
+        raise error_from_wire(reply.error)
+    if not isinstance(reply, Welcome):
+        await frames.aclose()
+        raise AsyncJobsError(f"the job host answered the hello with {type(reply).__name__}")
+    check_version(reply.version, "job host")
+    return HostSession(HostConnection(frames, reply), location)
+
+
+@final
+class _LocalOpener:
+    """What ``connect_local()`` returns: ``await`` it or ``async with`` it."""
+
+    def __init__(
+        self,
+        name: str | None,
+        directory: Path | None,
+        idle_timeout: float | None,
+        output_buffering: Buffering | None,
+        create: bool = True,
+    ) -> None:
+        self._name = name
+        self._create = create
+        self._directory = directory
+        self._idle_timeout = idle_timeout
+        self._output_buffering = output_buffering
+        self._session: HostSession | None = None
+
+    async def _open(self) -> HostSession:
+        # A host that is dying (killed) or still starting can reset a fresh connection:
+        # try again a few times, each through connect_socket (which starts a host if needed).
+        for attempt in range(5):
+            stream = await connect_socket(self._directory or host_dir())
+            try:
+                return await open_host_session(
+                    stream,
+                    name=self._name,
+                    create=self._create,
+                    location="localhost",
+                    idle_timeout=self._idle_timeout,
+                    output_buffering=self._output_buffering,
+                )
+            except (anyio.BrokenResourceError, anyio.EndOfStream, ConnectionError):
+                await stream.aclose()
+                if attempt == 4:
+                    raise
+                await anyio.sleep(0.1 * (attempt + 1))
+            except BaseException:
+                await stream.aclose()
+                raise
+        raise AssertionError("unreachable")
+
+    def __await__(self) -> Any:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> HostSession:
+        self._session = await self._open()
+        return self._session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.disconnect()
+
+
+def connect_local(
+    name: str | None = None,
+    *,
+    idle_timeout: float | None = None,
+    output_buffering: Buffering | None = None,
+    create: bool = True,
+    directory: Path | None = None,
+) -> _LocalOpener:
+    """A session on this machine's job host (started on first use, detached from the caller).
+
+    Jobs started through ``session.jobs`` outlive this process; ``connect_local(name=...)``
+    from any process of this user reattaches to a named session. A new name creates the
+    session, unless ``create=False``: then an unknown name is an error listing the sessions.
+    ``idle_timeout`` (seconds a disconnected session waits before its jobs are stopped) and
+    ``output_buffering`` (``"block"`` or ``"drop"`` while disconnected) apply to a new session.
+    """
+    return _LocalOpener(name, directory, idle_timeout, output_buffering, create)
+
+
+async def get_local_sessions(directory: Path | None = None) -> list[SessionInfo]:
+    """The sessions of this machine's job host (none if no host runs)."""
+    try:
+        stream = await connect_socket(directory or host_dir(), start=False)
+    except AsyncJobsError:
+        return []
+    session = await open_host_session(stream, name=None, create=False, location="localhost")
+    try:
+        return await session.sessions()
+    finally:
+        await session.disconnect()
+
+
+async def get_sessions(
+    host: str | None = None, port: int = 22, username: str | None = None, **ssh_options: Any
+) -> list[SessionInfo]:
+    """Get-PSSession: the sessions on a host's job host; ``None``: this machine's.
+
+    Only the local job host is built so far: for another host this raises ``AsyncJobsError``.
+    """
+    if host is None:
+        return await get_local_sessions()
+    raise AsyncJobsError(
+        f"get_sessions({host!r}): job hosts over SSH are not built yet; "
+        "get_sessions(None) lists this machine's job host"
+    )

@@ -1,0 +1,584 @@
+"""The job host's store: sessions, jobs and every job's seq-numbered records, on disk, crash-safe.
+
+It is ``_log``'s record log persisted: one append-only log per job, seqs from 0 across the seven
+streams, ``read`` with keep semantics from any seq, and per-stream receive-once cursors in the job
+row (stream ``s``'s records with ``seq < cursors[s]`` are received), each beside a count of that
+stream's unreceived records, so that ``unreceived`` reads one row.
+
+**SQLite in WAL mode** (standard library: nothing to install on a remote host). A commit is an
+append to the ``-wal`` file, readers never block the writer, and the next open after a SIGKILL
+sees exactly the committed transactions: a record is *acknowledged* once ``append`` returned.
+``synchronous=NORMAL`` fsyncs at checkpoints, not per commit: a commit outlives the process (it
+is in the OS's page cache) and power loss may lose the last commits but never corrupts the file.
+That keeps the host's promise, to survive its own death; FULL would make each ``append`` wait for
+the disk.
+
+**Chunks, not a row per record.** 1 GB of 100-byte lines is ten million records; at a row each,
+SQLite and ``sqlite3`` spend microseconds per record, far from the 1M records/s that 100 MB/s
+needs. So each ``append`` stores its batch as one row (a few if it is large) of ``chunks(job,
+first_seq, count, data)``, keyed by ``(job, first_seq)``: a read seeks the chunk that holds
+``from_seq`` (the greatest ``first_seq <= from_seq``) and walks on. ``data`` is columnar so that
+``struct`` and ``join`` do the work in C: ``count`` stream codes (u8), times (f64 LE), value
+lengths (u32 LE), then the values back to back. Values are opaque bytes (the protocol layer
+encodes them) and nothing is ever unpickled: what came from elsewhere stays data.
+
+One ``Store`` per host process and one writer connection, under a lock; reads use pooled reader
+connections, so a big read in a worker thread never holds up the event loop's short writes.
+Records stay until their job is deleted (a keep reader may start anywhere); ``drop_oldest`` only
+moves the receive-once cursors. Pages freed by deletes are reused.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Collection, Generator, Iterator, Sequence
+from contextlib import closing, contextmanager
+from pathlib import Path
+from struct import pack, unpack_from
+from typing import Any, Final, final
+
+import attrs
+
+from ._errors import AsyncJobsError, JobArgumentError, NoSuchJob
+from ._log import stream_set
+from ._models import STREAMS, StreamName
+from ._state import JobState
+
+SCHEMA_VERSION: Final = 1
+
+# Stream codes are file format (change them only with SCHEMA_VERSION), not the order of STREAMS.
+_CODES: Final[tuple[StreamName, ...]] = (
+    "output", "error", "warning", "verbose", "debug", "information", "progress"
+)  # fmt: skip
+assert set(_CODES) == set(STREAMS)
+_CODE: Final = {s: i for i, s in enumerate(_CODES)}
+_CHUNK_RECORDS: Final = 4096  # a chunk holds at most this many records
+_CHUNK_BYTES: Final = 1 << 20  # and this many value bytes (or one bigger value)
+# Past this many 8 KiB pages of WAL the writer checkpoints (fsyncs included) inside an append:
+# 8 MiB keeps that stall to tens of milliseconds (64 MiB was faster in bulk but stalled 200 ms).
+_WAL_PAGES: Final = 1000
+_ACTIVE: Final = tuple(s.value for s in JobState if not s.is_finished)
+_NONE = type(None)
+_FIELDS: Final[dict[str, tuple[type, ...]]] = {
+    "state": (str,), "reason": (str, _NONE), "exit_status": (int, _NONE), "pid": (int, _NONE),
+    "started_at": (float, int, _NONE), "finished_at": (float, int, _NONE), "dropped": (int,),
+}  # fmt: skip
+_CUR: Final = ", ".join(f"c_{s}" for s in _CODES)  # receive-once cursors
+_PEND: Final = ", ".join(f"n_{s}" for s in _CODES)  # unreceived records per stream
+_JOB: Final = (
+    "SELECT id, instance_id, session, name, kind, command, location, state, reason, exit_status, "
+    f"started_at, finished_at, next_seq, dropped, pid, created_at, {_CUR} FROM jobs"
+)
+_SCHEMA: Final = f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sessions (name TEXT PRIMARY KEY, state TEXT NOT NULL, idle_timeout REAL NOT NULL,
+    output_buffering TEXT NOT NULL, created_at REAL NOT NULL, disconnected_at REAL);
+CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NULL,
+    session TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, command TEXT NOT NULL,
+    location TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, exit_status INTEGER,
+    started_at REAL, finished_at REAL, next_seq INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0, pid INTEGER, created_at REAL NOT NULL,
+    {", ".join(f"c_{s} INTEGER NOT NULL DEFAULT 0" for s in _CODES)},
+    {", ".join(f"n_{s} INTEGER NOT NULL DEFAULT 0" for s in _CODES)});
+CREATE INDEX jobs_by_session ON jobs (session);
+CREATE TABLE chunks (job INTEGER NOT NULL, first_seq INTEGER NOT NULL, count INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (job, first_seq))
+"""
+_COUNTERS: Final = f"SELECT next_seq, {_CUR}, {_PEND} FROM jobs WHERE id = ?"
+_SET_COUNTERS: Final = (
+    f"UPDATE jobs SET dropped = dropped + ?, {', '.join(f'c_{s} = ?, n_{s} = ?' for s in _CODES)}"
+    " WHERE id = ?"
+)
+_APPENDED: Final = (
+    f"UPDATE jobs SET next_seq = ?, {', '.join(f'n_{s} = n_{s} + ?' for s in _CODES)} WHERE id = ?"
+)
+_CHUNKS_FROM: Final = (
+    "SELECT first_seq, count, data FROM chunks WHERE job = ?1 AND first_seq >= coalesce("
+    "(SELECT max(first_seq) FROM chunks WHERE job = ?1 AND first_seq <= ?2), 0) ORDER BY first_seq"
+)
+
+
+class StoreError(AsyncJobsError):
+    """The job host's store can't be used: not a store, a schema version this asyncjobs does not
+    read, closed, or an SQLite error (disk full, I/O error). The message names the file."""
+
+
+@attrs.frozen
+class SessionRow:
+    """A named session on the job host, as stored."""
+
+    name: str
+    state: str = attrs.field(validator=attrs.validators.in_(("Opened", "Disconnected", "Closed")))
+    idle_timeout: float
+    output_buffering: str = attrs.field(validator=attrs.validators.in_(("block", "drop")))
+    created_at: float
+    disconnected_at: float | None = None
+
+
+@attrs.frozen
+class JobRow:
+    """A job on the job host, as stored. ``state`` is a ``JobState`` value (``"Running"``);
+    ``next_seq`` is the seq the next record gets (= records stored); ``cursors[s]`` is stream
+    ``s``'s receive-once cursor (its records below it are received)."""
+
+    id: int
+    instance_id: str
+    session: str
+    name: str
+    kind: str
+    command: str
+    location: str
+    state: str
+    reason: str | None
+    exit_status: int | None
+    started_at: float | None
+    finished_at: float | None
+    next_seq: int
+    cursors: dict[str, int]
+    dropped: int
+    pid: int | None
+    created_at: float
+
+
+@attrs.frozen
+class StoredRecord:
+    """One record of a job's log; ``value`` is opaque bytes (the protocol layer decodes it)."""
+
+    seq: int
+    stream: StreamName
+    value: bytes
+    time: float
+
+
+@attrs.frozen
+class StoreStatistics:
+    """A snapshot of a store: its rows, and the bytes of its database and WAL files."""
+
+    sessions: int
+    jobs: int
+    records: int
+    file_bytes: int
+
+
+def _job_row(r: Sequence[Any]) -> JobRow:
+    fields = [*r[:13], dict(zip(_CODES, r[16:], strict=True)), *r[13:16]]
+    return JobRow(*fields)
+
+
+def _pack(
+    records: Sequence[tuple[str, bytes, float]],
+) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+    """The records' stream codes, and the records packed in chunks: ``[(first index, count,
+    data), ...]``. The work is done by C loops (``zip``, ``map``, ``struct``, ``join``)."""
+    streams, values, times = zip(*records, strict=True)
+    n, first = len(values), streams[0]
+    if streams.count(first) == n:  # the usual batch: one stream
+        codes = bytes((_CODE[first],)) * n
+    else:
+        codes = bytes(map(_CODE.__getitem__, streams))
+    lens = list(map(len, values))
+    bounds = [(0, n)] if n <= _CHUNK_RECORDS and sum(lens) <= _CHUNK_BYTES else _cut(lens)
+    return codes, [
+        (a, b - a, b"".join((codes[a:b], pack(f"<{b - a}d", *times[a:b]),
+                             pack(f"<{b - a}I", *lens[a:b]), *values[a:b])))
+        for a, b in bounds
+    ]  # fmt: skip
+
+
+def _cut(lens: list[int]) -> list[tuple[int, int]]:
+    """Bounds of chunks of at most ``_CHUNK_RECORDS`` records and ``_CHUNK_BYTES`` value bytes
+    (or one bigger value)."""
+    bounds: list[tuple[int, int]] = []
+    lo = size = 0
+    for i, length in enumerate(lens):
+        if i > lo and (i - lo >= _CHUNK_RECORDS or size + length > _CHUNK_BYTES):
+            bounds.append((lo, i))
+            lo, size = i, 0
+        size += length
+    return [*bounds, (lo, len(lens))]
+
+
+def _scan(conn: sqlite3.Connection, job_id: int, start: int) -> Generator[StoredRecord]:
+    """Every record of a job from seq ``start`` on, a chunk at a time: who stops early reads
+    little."""
+    cursor = conn.execute(_CHUNKS_FROM, (job_id, start))
+    try:
+        for first, n, data in cursor:
+            stamps, lens = unpack_from(f"<{n}d", data, n), unpack_from(f"<{n}I", data, 9 * n)
+            i = max(0, start - first)
+            off = 13 * n + sum(lens[:i])
+            for j in range(i, n):
+                end = off + lens[j]
+                yield StoredRecord(first + j, _CODES[data[j]], data[off:end], stamps[j])
+                off = end
+    finally:
+        cursor.close()
+
+
+def _select(
+    records: Generator[StoredRecord],
+    want: Collection[str],
+    cursors: dict[str, int] | None,
+    bound: int | None,
+) -> list[StoredRecord]:
+    """At most ``bound`` records of streams ``want`` (only unreceived ones with ``cursors``)."""
+    out: list[StoredRecord] = []
+    with closing(records):
+        for record in records if bound != 0 else ():
+            if record.stream in want and (cursors is None or record.seq >= cursors[record.stream]):
+                out.append(record)
+                if len(out) == bound:
+                    break
+    return out
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 0:
+        raise JobArgumentError(f"limit={limit}: a limit is None or a count >= 0")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA synchronous = NORMAL")  # why: see the module docstring
+    return conn
+
+
+@final
+class Store:
+    """The job host's crash-safe store: ``with Store.open(path) as store: ...``. Every method is
+    synchronous, short unless it moves many records, and safe to call from any thread."""
+
+    def __init__(self, path: Path, writer: sqlite3.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._lock = threading.Lock()  # the writer connection and its transaction
+        self._pool_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []  # reader connections not in use
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path | str) -> Store:
+        """Open the store at ``path``, creating it (directory 0700, file 0600) if need be."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # and SQLite gives its -wal and -shm files the same mode
+            finally:
+                os.close(fd)
+            store = cls(path, _connect(path))
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"can't open the job store {path}: {exc}") from exc
+        try:
+            store._setup()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _setup(self) -> None:
+        with self._sqlite_errors():
+            self._writer.execute("PRAGMA page_size = 8192")  # takes on a new file only
+            mode = self._writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"job store {self.path}: the file system refuses WAL ({mode})")
+            self._writer.execute(f"PRAGMA wal_autocheckpoint = {_WAL_PAGES}")
+            self._writer.execute(f"PRAGMA journal_size_limit = {_WAL_PAGES * 8192 * 4}")
+        with self._writing() as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if not tables:
+                for statement in _SCHEMA.split(";"):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                return
+            if "meta" not in tables:
+                raise StoreError(f"{self.path} is an SQLite database but not a job store")
+            query = "SELECT coalesce((SELECT value FROM meta WHERE key = 'schema_version'), 0)"
+            (version,) = conn.execute(query).fetchone()
+        if int(version) != SCHEMA_VERSION:
+            newer = "a newer" if int(version) > SCHEMA_VERSION else "an older"
+            raise StoreError(
+                f"job store {self.path} has schema version {version}, written by {newer} "
+                f"asyncjobs; this one reads version {SCHEMA_VERSION} only. Run the asyncjobs "
+                "that wrote it, or move the file aside to start an empty store"
+            )
+
+    def close(self) -> None:
+        """Close every connection (the file is consistent at any moment anyway)."""
+        with self._lock, self._pool_lock:
+            self._closed = True
+            self._writer.close()
+            while self._idle:
+                self._idle.pop().close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<asyncjobs.Store {str(self.path)!r} {'closed' if self._closed else 'open'}>"
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the one writer connection (BEGIN IMMEDIATE ... COMMIT)."""
+        with self._lock, self._sqlite_errors():
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction (one snapshot, whatever the writer does meanwhile) on a pooled
+        reader connection: in WAL mode readers and the writer never wait for each other."""
+        with self._sqlite_errors():
+            with self._pool_lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                conn = _connect(self.path)
+                conn.execute("PRAGMA query_only = ON")
+            try:
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    conn.execute("COMMIT")
+            finally:
+                with self._pool_lock:
+                    if self._closed:
+                        conn.close()
+                    else:
+                        self._idle.append(conn)
+
+    @contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        """The one place where SQLite's errors become ``StoreError`` naming the file."""
+        if self._closed:
+            raise StoreError(f"job store {self.path} is closed")
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"job store {self.path}: {exc}") from exc
+
+    def _counters(
+        self, conn: sqlite3.Connection, job_id: int
+    ) -> tuple[int, dict[str, int], dict[str, int]]:
+        """A job's ``next_seq``, cursors and unreceived counts per stream."""
+        r = conn.execute(_COUNTERS, (job_id,)).fetchone()
+        if r is None:
+            raise NoSuchJob(f"no job {job_id} in the job store {self.path}")
+        return r[0], dict(zip(_CODES, r[1:8], strict=True)), dict(zip(_CODES, r[8:], strict=True))
+
+    @staticmethod
+    def _set_counters(
+        conn: sqlite3.Connection,
+        job_id: int,
+        cur: dict[str, int],
+        pend: dict[str, int],
+        dropped: int = 0,
+    ) -> None:
+        values = [v for s in _CODES for v in (cur[s], pend[s])]
+        conn.execute(_SET_COUNTERS, (dropped, *values, job_id))
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def put_session(self, row: SessionRow) -> None:
+        """Create or replace the session ``row.name``."""
+        with self._writing() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)", attrs.astuple(row)
+            )
+
+    def session(self, name: str) -> SessionRow | None:
+        with self._reading() as conn:
+            r = conn.execute("SELECT * FROM sessions WHERE name = ?", (name,)).fetchone()
+        return None if r is None else SessionRow(*r)
+
+    def sessions(self) -> list[SessionRow]:
+        with self._reading() as conn:
+            return [SessionRow(*r) for r in conn.execute("SELECT * FROM sessions ORDER BY name")]
+
+    def delete_session(self, name: str) -> None:
+        """Forget a session (no error if it is gone); its jobs are deleted one by one."""
+        with self._writing() as conn:
+            conn.execute("DELETE FROM sessions WHERE name = ?", (name,))
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def new_job(
+        self, *, session: str, name: str | None = None, kind: str, command: str, location: str,
+        instance_id: str,
+    ) -> JobRow:  # fmt: skip
+        """Add a job in state ``NotStarted``, named ``Job<id>`` unless ``name`` is given. Ids are
+        never reused, even after a delete (AUTOINCREMENT)."""
+        with self._writing() as conn:
+            job_id = conn.execute(
+                "INSERT INTO jobs (instance_id, session, name, kind, command, location, state, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, 'NotStarted', ?)",
+                (instance_id, session, name or "", kind, command, location, time.time()),
+            ).lastrowid
+            if name is None:
+                conn.execute("UPDATE jobs SET name = ? WHERE id = ?", (f"Job{job_id}", job_id))
+            return _job_row(conn.execute(f"{_JOB} WHERE id = ?", (job_id,)).fetchone())
+
+    def update_job(self, job_id: int, **fields: Any) -> JobRow:
+        """Change some of ``state``, ``reason``, ``exit_status``, ``started_at``,
+        ``finished_at``, ``pid`` and ``dropped``; return the row as it now is."""
+        for key, value in fields.items():
+            if key not in _FIELDS:
+                raise JobArgumentError(
+                    f"update_job: unknown field {key!r}; the fields are {', '.join(_FIELDS)}"
+                )
+            if not isinstance(value, _FIELDS[key]) or isinstance(value, bool):
+                raise JobArgumentError(f"update_job: {key}={value!r} has the wrong type")
+        if fields.get("state", "Running") not in {s.value for s in JobState}:
+            raise JobArgumentError(f"update_job: state={fields['state']!r} is not a JobState value")
+        with self._writing() as conn:
+            if fields:
+                sets = ", ".join(f"{key} = ?" for key in fields)
+                conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
+            r = conn.execute(f"{_JOB} WHERE id = ?", (job_id,)).fetchone()
+            if r is None:
+                raise NoSuchJob(f"no job {job_id} in the job store {self.path}")
+            return _job_row(r)
+
+    def job(self, job_id: int) -> JobRow | None:
+        with self._reading() as conn:
+            r = conn.execute(f"{_JOB} WHERE id = ?", (job_id,)).fetchone()
+        return None if r is None else _job_row(r)
+
+    def jobs(self, session: str | None = None) -> list[JobRow]:
+        """Every job (of ``session``, if given), by id."""
+        where, args = ("WHERE session = ?", (session,)) if session is not None else ("", ())
+        with self._reading() as conn:
+            return [_job_row(r) for r in conn.execute(f"{_JOB} {where} ORDER BY id", args)]
+
+    def delete_job(self, job_id: int) -> None:
+        """Delete a job and all its records (no error if it is gone)."""
+        with self._writing() as conn:
+            conn.execute("DELETE FROM chunks WHERE job = ?", (job_id,))
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # -- records -----------------------------------------------------------------------------
+
+    def append(self, job_id: int, records: Sequence[tuple[str, bytes, float]]) -> int:
+        """Append ``(stream, value, time)`` records, seqs ``next_seq, next_seq + 1, ...``, in one
+        transaction: once it returns they are acknowledged. Returns the new ``next_seq``."""
+        try:
+            codes, chunks = _pack(records) if records else (b"", [])
+        except (KeyError, TypeError, ValueError, struct.error) as exc:
+            raise JobArgumentError(
+                f"append to job {job_id}: records are (stream, bytes, time) tuples, streams "
+                f"{', '.join(STREAMS)} ({type(exc).__name__}: {exc})"
+            ) from exc
+        with self._writing() as conn:
+            r = conn.execute("SELECT next_seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if r is None:
+                raise NoSuchJob(f"no job {job_id} in the job store {self.path}")
+            start: int = r[0]
+            end = start + len(codes)
+            if chunks:
+                rows = [(job_id, start + lo, n, data) for lo, n, data in chunks]
+                conn.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?)", rows)
+                conn.execute(_APPENDED, (end, *(codes.count(i) for i in range(7)), job_id))
+        return end
+
+    def read(
+        self, job_id: int, from_seq: int = 0, *, streams: Collection[str] | None = None,
+        limit: int | None = None, unreceived_only: bool = False,
+    ) -> list[StoredRecord]:  # fmt: skip
+        """Records with ``seq >= from_seq`` of ``streams`` (all if None), at most ``limit``, in
+        seq order; with ``unreceived_only``, only those not received yet. Moves nothing."""
+        want = stream_set(streams)
+        _check_limit(limit)
+        with self._reading() as conn:
+            _, cursors, pending = self._counters(conn, job_id)
+            if not unreceived_only:
+                return _select(_scan(conn, job_id, from_seq), want, None, limit)
+            bound = sum(pending[s] for s in want)
+            start = max(from_seq, min((cursors[s] for s in want if pending[s]), default=0))
+            bound = bound if limit is None else min(bound, limit)
+            return _select(_scan(conn, job_id, start), want, cursors, bound)
+
+    def take(
+        self, job_id: int, streams: Collection[str] | None = None, limit: int | None = None
+    ) -> list[StoredRecord]:
+        """Receive-once: the unreceived records of ``streams`` (at most ``limit``), past which
+        their cursors then move, in one transaction: nothing skipped, nothing returned twice."""
+        want = stream_set(streams)
+        _check_limit(limit)
+        with self._writing() as conn:
+            next_seq, cursors, pending = self._counters(conn, job_id)
+            bound = sum(pending[s] for s in want)
+            start = min((cursors[s] for s in want if pending[s]), default=next_seq)
+            bound = bound if limit is None else min(bound, limit)
+            records = _select(_scan(conn, job_id, start), want, cursors, bound)
+            if records:
+                # Every unreceived record of ``want`` up to the last one returned was returned.
+                to = next_seq if limit is None or len(records) < limit else records[-1].seq + 1
+                for stream, n in Counter(r.stream for r in records).items():
+                    pending[stream] -= n
+                cursors.update((s, max(cursors[s], to)) for s in want)
+                self._set_counters(conn, job_id, cursors, pending)
+        return records
+
+    def unreceived(self, job_id: int, streams: Collection[str] | None = None) -> int:
+        """How many records of ``streams`` (all if None) are not received yet."""
+        want = stream_set(streams)
+        with self._reading() as conn:
+            pending = self._counters(conn, job_id)[2]
+        return sum(pending[s] for s in want)
+
+    def drop_oldest(self, job_id: int, keep: int) -> int:
+        """Mark all but the newest ``keep`` unreceived records received and dropped (for
+        ``output_buffering="drop"``): cursors move, ``dropped`` grows. Returns how many."""
+        if keep < 0:
+            raise JobArgumentError(f"drop_oldest: keep={keep} must be >= 0")
+        with self._writing() as conn:
+            _, cursors, pending = self._counters(conn, job_id)
+            excess = sum(pending.values()) - keep
+            if excess <= 0:
+                return 0
+            start = min(cursors[s] for s in _CODES if pending[s])
+            gone = _select(_scan(conn, job_id, start), _CODE, cursors, excess)
+            to = gone[-1].seq + 1  # every unreceived record below ``to`` is among ``gone``
+            for stream, n in Counter(r.stream for r in gone).items():
+                pending[stream] -= n
+            cursors.update((s, max(c, to)) for s, c in cursors.items())
+            self._set_counters(conn, job_id, cursors, pending, dropped=excess)
+        return excess
+
+    # -- crash recovery ----------------------------------------------------------------------
+
+    def recover(self, reason: str) -> list[int]:
+        """After the host died: mark every job it left active ``Failed`` with ``reason`` and
+        ``finished_at`` now (their records stay). Returns their ids."""
+        states = f"state IN ({', '.join('?' * len(_ACTIVE))})"
+        with self._writing() as conn:
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE {states}", _ACTIVE)]
+            conn.execute(
+                f"UPDATE jobs SET state = 'Failed', reason = ?, finished_at = ? WHERE {states}",
+                (reason, time.time(), *_ACTIVE),
+            )
+        return sorted(ids)
+
+    def statistics(self) -> StoreStatistics:
+        with self._reading() as conn:
+            (sessions,) = conn.execute("SELECT count(*) FROM sessions").fetchone()
+            jobs, records = conn.execute("SELECT count(*), total(next_seq) FROM jobs").fetchone()
+        files = (self.path, self.path.with_name(self.path.name + "-wal"))
+        size = sum(p.stat().st_size for p in files if p.exists())
+        return StoreStatistics(sessions, jobs, int(records), size)

@@ -1,0 +1,319 @@
+"""The local job host: a real detached process with its real store on disk, driven through
+``connect_local`` from this process and from child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncjobs import AsyncJobsError, JobState, JobStateError, NoSuchJob, ProtocolError
+from asyncjobs._hostclient import connect_local, get_local_sessions
+from tests.conftest import pid_alive
+
+pytestmark = pytest.mark.anyio
+
+
+def host_pid(directory: Path) -> int | None:
+    try:
+        text = (directory / "host.lock").read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text else None
+
+
+@pytest.fixture
+def hostdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private job host directory (short: socket paths are limited); its host is stopped
+    (TERM, then KILL) at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="ajh", dir="/tmp"))
+    monkeypatch.setenv("ASYNCJOBS_HOST_DIR", str(directory))
+    monkeypatch.setenv("ASYNCJOBS_HOST_IDLE_EXIT", "60")
+    yield directory
+    pid = host_pid(directory)
+    if pid is not None and pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    log = directory / "host.log"
+    if log.exists():
+        print(log.read_text())  # shown when the test failed
+    subprocess.run(["rm", "-rf", str(directory)], check=False)
+
+
+def child(code: str, directory: Path) -> subprocess.Popen[str]:
+    """A separate controller process (another 'shell')."""
+    env = dict(os.environ, ASYNCJOBS_HOST_DIR=str(directory))
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_jobs_run_on_the_host_and_keep_their_records(hostdir: Path) -> None:
+    async with connect_local(name="build") as s:
+        assert s.name == "build"
+        job = await s.jobs.start_command(
+            "for i in 1 2 3; do echo line $i; done; echo oops >&2; exit 2", name="b"
+        )
+        [done] = await s.jobs.wait(job, timeout=30)
+        assert done.state is JobState.FAILED and done.exit_status == 2
+        assert "exited with status 2" in (done.reason or "")
+        kept = await s.jobs.receive_records(job, keep=True)
+        assert [(r.seq, r.stream, r.value) for r in kept] == [
+            (0, "output", "line 1"),
+            (1, "output", "line 2"),
+            (2, "output", "line 3"),
+            (3, "error", "oops"),
+        ]
+        assert await s.jobs.read(job, 2) == kept[2:]
+        assert await s.jobs.receive(job) == ["line 1", "line 2", "line 3"]
+        assert await s.jobs.receive(job) == []
+        assert (await s.jobs.job(job)).has_more_data  # the error record is not received yet
+        assert [r.value for r in await s.jobs.receive_records(job)] == ["oops"]
+        assert not (await s.jobs.job(job)).has_more_data
+        assert await s.jobs.read(job) == kept  # keep reads from any seq, received or not
+    pid = host_pid(hostdir)
+    assert pid is not None and pid_alive(pid)
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert int(stat[1]) != os.getpid()  # not our child: detached
+    assert int(stat[3]) != os.getsid(0)  # a session of its own (setsid, then a second fork)
+    assert int(stat[4]) == 0  # and no controlling terminal
+    assert (hostdir.stat().st_mode & 0o777) == 0o700
+
+
+async def test_stream_follows_a_running_job(hostdir: Path) -> None:
+    async with connect_local() as s:
+        job = await s.jobs.start_command(
+            "i=0; while [ $i -lt 5 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done"
+        )
+        assert [x async for x in s.jobs.stream(job)] == [f"tick {i}" for i in range(5)]
+        assert await s.invoke("echo invoked") == ["invoked"]
+
+
+async def test_detached_job_outlives_its_controller_and_is_received_later(hostdir: Path) -> None:
+    proc = child(
+        """
+        import anyio
+        from asyncjobs._hostclient import connect_local
+        async def main():
+            s = await connect_local(name="nightly")
+            job = await s.jobs.start_command("sleep 0.5; seq 1 1000")
+            print(job.id, flush=True)
+            await s.disconnect()
+        anyio.run(main)
+        """,
+        hostdir,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    job_id = int(out)
+    sessions = await get_local_sessions()
+    assert [(i.name, i.state, i.job_count) for i in sessions] == [("nightly", "Disconnected", 1)]
+    async with connect_local(name="nightly", create=False) as s:
+        await s.jobs.wait(job_id, timeout=30)
+        assert await s.jobs.receive(job_id, keep=True) == [str(i) for i in range(1, 1001)]
+
+
+async def test_a_killed_controller_resumes_from_the_last_record_it_holds(hostdir: Path) -> None:
+    async with connect_local(name="follow") as s:
+        job = await s.jobs.start_command("i=0; while [ $i -lt 3000 ]; do echo $i; i=$((i+1)); done")
+    follower = child(
+        f"""
+        import anyio
+        from asyncjobs._hostclient import connect_local
+        async def main():
+            async with connect_local(name="follower") as s:
+                seq = 0
+                while True:
+                    for r in await s.jobs.read({job.id}, seq, limit=100):
+                        print(r.seq, r.value, flush=True)
+                        seq = r.seq + 1
+                    await anyio.sleep(0.001)
+        anyio.run(main)
+        """,
+        hostdir,
+    )
+    assert follower.stdout is not None
+    seen: list[tuple[int, str]] = []
+    while len(seen) < 500:
+        line = follower.stdout.readline()
+        assert line, follower.stderr.read() if follower.stderr else ""
+        seq, value = line.split()
+        seen.append((int(seq), value))
+    follower.send_signal(signal.SIGKILL)
+    follower.communicate(timeout=10)
+    async with connect_local(name="follow", create=False) as s:
+        await s.jobs.wait(job.id, timeout=30)
+        last = seen[-1][0]
+        rest = await s.jobs.read(job.id, last + 1)
+    everything = seen + [(r.seq, r.value) for r in rest]
+    assert everything == [(i, str(i)) for i in range(3000)]  # each exactly once, in order
+
+
+async def test_sigkilled_host_restarts_with_its_store_intact(hostdir: Path) -> None:
+    async with connect_local(name="a") as s:
+        done = await s.jobs.start_command("echo kept")
+        await s.jobs.wait(done, timeout=30)
+        running = await s.jobs.start_command("echo $$; exec sleep 1000")
+        with anyio.fail_after(10):
+            while (await s.jobs.job(running)).next_seq == 0:
+                await anyio.sleep(0.02)
+    pid = host_pid(hostdir)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with anyio.fail_after(10):
+        while pid_alive(pid):
+            await anyio.sleep(0.02)
+    async with connect_local(name="a", create=False) as s:  # starts a new host
+        assert host_pid(hostdir) != pid
+        assert await s.jobs.receive(done, keep=True) == ["kept"]
+        info = await s.jobs.job(running)
+        assert info.state is JobState.FAILED
+        assert "job host died" in (info.reason or "")
+        [orphan] = await s.jobs.receive(running)  # acknowledged before the crash: not lost
+    os.kill(int(orphan), signal.SIGKILL)  # the killed host could not stop it: we do
+
+
+async def test_bad_frames_close_that_connection_only(hostdir: Path) -> None:
+    async with connect_local(name="steady") as s:
+        job = await s.jobs.start_command("sleep 0.3; echo still here")
+        frames = [
+            b"\x00\x00\x00\x05hello",  # not JSON
+            struct.pack(">I", 1 << 30),  # oversized length: refused before any body
+            b'\x00\x00\x00\x10{"t": "hel',  # truncated at EOF
+            _frame(
+                {
+                    "t": "hello",
+                    "version": 99,
+                    "client": "x",
+                    "session": None,
+                    "create": True,
+                    "idle_timeout": None,
+                    "output_buffering": None,
+                }
+            ),
+            _frame({"t": "hello", "version": 1, "client": 5}),
+        ]
+        replies = [await anyio.to_thread.run_sync(_send_raw, hostdir, f) for f in frames]
+        assert "ProtocolError" in replies[0] and "JSON" in replies[0]
+        assert "ProtocolError" in replies[1] and "exceeds the limit" in replies[1]
+        assert "version mismatch" in replies[3] and "99" in replies[3] and "1" in replies[3]
+        assert "client" in replies[4]
+        await s.jobs.wait(job, timeout=30)
+        assert await s.jobs.receive(job) == ["still here"]  # the host and its jobs went on
+
+
+def _frame(obj: object) -> bytes:
+    body = json.dumps(obj).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def _send_raw(directory: Path, data: bytes) -> str:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(directory / "host.sock"))
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+async def test_another_user_cannot_use_the_socket(hostdir: Path) -> None:
+    async with connect_local():
+        pass
+    code = (
+        "import os, socket, sys; os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"try: s.connect({str(hostdir / 'host.sock')!r})\n"
+        "except PermissionError: print('refused')\n"
+        "else: print('connected')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "refused", out.stderr
+
+
+async def test_idle_timeout_stops_a_disconnected_sessions_jobs(hostdir: Path) -> None:
+    async with connect_local(name="short", idle_timeout=0.5) as s:
+        job = await s.jobs.start_command("sleep 1000")
+    async with connect_local(name="watcher") as w:
+        [info] = await w.jobs.wait(job, timeout=20)
+        assert info.state is JobState.STOPPED
+        assert [i.name for i in await w.sessions()] == ["watcher"]
+
+
+async def test_unknown_session_and_bad_calls_are_clear(hostdir: Path) -> None:
+    async with connect_local(name="one") as s:
+        with pytest.raises(NoSuchJob, match="no job with id 999"):
+            await s.jobs.job(999)
+        job = await s.jobs.start_command("sleep 1000")
+        with pytest.raises(JobStateError, match="stop it first or pass force=True"):
+            await s.jobs.remove(job)
+        await s.jobs.remove(job, force=True)
+        with pytest.raises(NoSuchJob):
+            await s.jobs.job(job)
+        with pytest.raises(AsyncJobsError, match="in use by another connection"):
+            await connect_local(name="one")
+    with pytest.raises(AsyncJobsError, match=r"no session named 'nope'.*sessions: one"):
+        await connect_local(name="nope", create=False)
+
+
+async def test_drop_buffering_while_disconnected(hostdir: Path) -> None:
+    from asyncjobs import _host
+
+    bound = _host.DISCONNECTED_BOUND
+    async with connect_local(name="lossy", output_buffering="drop") as s:
+        job = await s.jobs.start_command(f"sleep 0.5; seq 1 {bound + 500}")
+    async with connect_local(name="watcher") as w:  # "lossy" stays disconnected meanwhile
+        [info] = await w.jobs.wait(job.id, timeout=30)
+        assert info.dropped == 500
+    async with connect_local(name="lossy", create=False) as s:
+        got = await s.jobs.receive(job.id)
+        assert got == [str(i) for i in range(501, bound + 501)]  # the oldest 500 went
+
+
+async def test_block_buffering_holds_the_producer_while_disconnected(hostdir: Path) -> None:
+    from asyncjobs import _host
+
+    bound = _host.DISCONNECTED_BOUND
+    async with connect_local(name="held", output_buffering="block") as s:
+        job = await s.jobs.start_command("sleep 0.3; yes")
+    async with connect_local(name="watcher") as w:
+        with anyio.fail_after(20):
+            while (await w.jobs.job(job.id)).next_seq < bound:
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.5)
+        info = await w.jobs.job(job.id)
+        assert info.state is JobState.RUNNING
+        assert bound <= info.next_seq < bound + 8192  # held near the bound, not growing
+    async with connect_local(name="held", create=False) as s:
+        got = await s.jobs.receive(job.id)
+        assert len(got) >= bound and set(got) == {"y"}
+        with anyio.fail_after(20):  # receiving made room: the producer goes on
+            while (await s.jobs.job(job.id)).next_seq < bound + 8192 + 1:
+                await anyio.sleep(0.05)
+        await s.jobs.stop(job.id)
+
+
+async def test_protocol_error_type_is_ours() -> None:
+    assert issubclass(ProtocolError, AsyncJobsError)
