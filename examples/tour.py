@@ -46,8 +46,12 @@ async def main() -> None:
         t = await jobs.start_thread(crunch, 200_000, name="crunch")
         p = await jobs.start_process(primes, 50, name="primes")
         c = await jobs.start_command(
-            [sys.executable, "-c", "import sys; print('hello from a command'); "
-             "print('and a warning', file=sys.stderr)"],
+            [
+                sys.executable,
+                "-c",
+                "import sys; print('hello from a command'); "
+                "print('and a warning', file=sys.stderr)",
+            ],
             name="hello",
         )
         done = await jobs.wait(t, p, c, any=True, timeout=30)
