@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, final
+from typing import Any, Final, Literal, Protocol, final
 
 import anyio
 import anyio.abc
@@ -165,11 +165,18 @@ class HostConnection:
         await self._frames.aclose()
 
 
+class Requester(Protocol):
+    """Something that calls an op on a job host: a ``HostConnection``, or the lazy bridge of
+    an SSH session."""
+
+    async def request(self, op: str, **args: Any) -> Any: ...
+
+
 @final
 class HostJobs:
     """``session.jobs``: the job table of a job host (Start-Job, Get-Job, Receive-Job, ...)."""
 
-    def __init__(self, connection: HostConnection) -> None:
+    def __init__(self, connection: Requester) -> None:
         self._c = connection
 
     async def start_command(
@@ -493,13 +500,18 @@ async def get_local_sessions(directory: Path | None = None) -> list[SessionInfo]
 async def get_sessions(
     host: str | None = None, port: int = 22, username: str | None = None, **ssh_options: Any
 ) -> list[SessionInfo]:
-    """Get-PSSession: the sessions on a host's job host; ``None``: this machine's.
-
-    Only the local job host is built so far: for another host this raises ``AsyncJobsError``.
-    """
+    """Get-PSSession: the sessions on a host's job host (over SSH, with ``ssh_options`` as
+    for ``connect``); ``None``: this machine's job host."""
     if host is None:
         return await get_local_sessions()
-    raise AsyncJobsError(
-        f"get_sessions({host!r}): job hosts over SSH are not built yet; "
-        "get_sessions(None) lists this machine's job host"
-    )
+    import attrs as _attrs
+
+    from ._remotehost import remote_sessions
+    from ._targets import Target
+
+    target = Target.parse(host)
+    if port != 22 and target.port is None:
+        target = _attrs.evolve(target, port=port)
+    if username is not None:
+        target = _attrs.evolve(target, username=username)
+    return await remote_sessions(target, ssh_options)

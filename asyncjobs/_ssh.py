@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Generator, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import asyncssh
@@ -30,6 +30,10 @@ from ._errors import (
     ProtocolError,
 )
 from ._targets import Target
+
+if TYPE_CHECKING:
+    from ._hostclient import HostJobs
+    from ._remotehost import RemoteHostConnection
 
 #: sshd's default ``MaxSessions``: more channels than this on one connection are refused.
 DEFAULT_MAX_CHANNELS = 10
@@ -218,6 +222,8 @@ class Session:
         self._job_channels = anyio.CapacityLimiter(max(1, max_channels - 1))
         self._control_channels = anyio.CapacityLimiter(1)
         self._closed = False
+        self._host: RemoteHostConnection | None = None
+        self._jobs: HostJobs | None = None
 
     @property
     def location(self) -> str:
@@ -245,12 +251,34 @@ class Session:
 
         return await invoke_on_session(self, command, timeout=timeout)
 
+    @property
+    def jobs(self) -> HostJobs:
+        """The job table of the host's job host (Invoke-Command { Start-Job }): jobs started
+        here run on the host and keep their results there, also while nobody is connected.
+        The first call installs the runtime if needed and opens the bridge."""
+        if self._jobs is None:
+            from ._hostclient import HostJobs
+            from ._remotehost import RemoteHostConnection
+
+            self._host = RemoteHostConnection(self)
+            self._jobs = HostJobs(self._host)
+        return self._jobs
+
+    async def disconnect(self) -> None:
+        """Leave the session and its jobs running on the host's job host, and close the
+        connection; ``connect(host, name=...)`` reattaches later, from any process."""
+        await self.close()
+
     async def close(self) -> None:
-        """Close the connection (jobs running on it fail as disconnected)."""
+        """Close the connection. Jobs on the host's job host go on (the session is left
+        disconnected there); remote commands of ``invoke`` running on it fail."""
         if not self._closed:
             self._closed = True
-            self._conn.close()
             with anyio.CancelScope(shield=True):
+                if self._host is not None:
+                    with contextlib.suppress(AsyncJobsError):
+                        await self._host.disconnect()
+                self._conn.close()
                 await self._conn.wait_closed()
 
     async def __aenter__(self) -> Session:
