@@ -223,22 +223,37 @@ async def _supervise(job: Job, spec: CommandSpec, process: Process) -> None:
     log = job._log
     assert log is not None and process.stdout is not None and process.stderr is not None
     failed: list[Exception] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_cancel_when_set, job._stop_event, tg.cancel_scope)
-        if process.stdin is not None and spec.input is not None:
-            tg.start_soon(_feed, process.stdin, spec.input, failed, tg.cancel_scope)
-        async with anyio.create_task_group() as pipes:
-            pipes.start_soon(_pump, process.stdout, log, "output")
-            pipes.start_soon(_pump, process.stderr, log, "error")
-            await process.wait()
-        tg.cancel_scope.cancel()
+    with anyio.CancelScope() as scope:
+        # stop() cancels through a state listener, and stdout is read in this task: one task
+        # and one task group per command less (short commands are dominated by them).
+        def on_change(changed: Job) -> None:
+            if changed.stop_requested:
+                scope.cancel()
+
+        job._listeners.append(on_change)
+        try:
+            if job.stop_requested:
+                scope.cancel()
+            async with anyio.create_task_group() as tg:
+                if process.stdin is not None and spec.input is not None:
+                    tg.start_soon(_feed, process.stdin, spec.input, failed, tg.cancel_scope)
+                stderr_done = anyio.Event()
+                tg.start_soon(_pump_then_set, process.stderr, log, stderr_done)
+                await _pump(process.stdout, log, "output")
+                await stderr_done.wait()
+                await process.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            job._listeners.remove(on_change)
     if failed:  # a lazy input iterable raised, or yielded something that is not a line
         raise failed[0]
 
 
-async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
+async def _pump_then_set(stream: ByteReceiveStream, log: RecordLog, done: anyio.Event) -> None:
+    try:
+        await _pump(stream, log, "error")
+    finally:
+        done.set()
 
 
 async def _pump(stream: ByteReceiveStream, log: RecordLog, name: StreamName) -> None:
