@@ -20,7 +20,7 @@ import anyio.abc
 import attrs
 
 from . import __version__
-from ._errors import AsyncJobsError, CommandFailed, JobFailed, JobStopped
+from ._errors import AsyncJobsError, CommandFailed, ConnectionFailed, JobFailed, JobStopped
 from ._hostdir import connect_socket, host_dir
 from ._models import STREAMS, Record, StreamName
 from ._protocol import (
@@ -124,7 +124,11 @@ class HostConnection:
         self._next_id += 1
         self._answers[request_id] = None
         try:
-            await self._frames.send(Request(request_id, op, args).to_wire())
+            try:
+                await self._frames.send(Request(request_id, op, args).to_wire())
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                self._broken = exc
+                self._check()
             response = await self._answer(request_id)
         finally:
             self._answers.pop(request_id, None)
@@ -157,8 +161,8 @@ class HostConnection:
 
     def _check(self) -> None:
         if self._broken is not None:
-            raise AsyncJobsError(
-                f"the connection to the job host is closed ({self._broken!r}); reconnect"
+            raise ConnectionFailed(
+                f"the connection to the job host is lost ({self._broken!r}); reconnect"
             )
 
     async def aclose(self) -> None:

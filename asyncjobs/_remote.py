@@ -34,6 +34,7 @@ from ._ssh import (
     open_connection,
     require_asyncio,
 )
+from ._state import Event, JobState
 from ._targets import Target
 
 if TYPE_CHECKING:
@@ -456,6 +457,11 @@ def _child_body(
     async def body(started: Callable[[], None]) -> None:
         log = child._log
         assert log is not None
+        if isinstance(target, Session) and target.name is not None:
+            # A named session: the command runs on the host's job host, and this child
+            # mirrors its records, so a dropped link means DISCONNECTED, not lost.
+            await run_hosted(child, target, command, started, timeout=timeout)
+            return
         if isinstance(target, Session):
             await run_remote(
                 child, target, command, started, timeout=timeout, stop_grace=stop_grace
@@ -500,6 +506,84 @@ async def _connect(
                 raise
         await anyio.sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+#: How often a DISCONNECTED child tries to reach its host again (seconds, doubling).
+_RECONNECT_FIRST: Final = 0.2
+_RECONNECT_MAX: Final = 5.0
+
+
+async def run_hosted(
+    job: Job,
+    session: Session,
+    command: str,
+    started: Callable[[], None],
+    *,
+    timeout: float | None,
+) -> None:
+    """The body of a child on a named session: start the command on the host's job host,
+    then copy its records here from the last seq held. A lost link makes the job
+    DISCONNECTED; the session is reconnected with backoff and the job resumes RUNNING from
+    that same seq: nothing lost, nothing twice."""
+    log = job._log
+    assert log is not None
+    host_id = (await session.jobs.start_command(command)).id
+    started()
+    seq = 0
+    stop_sent = False
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        generation = session.generation
+        try:
+            if (job.stop_requested or _past(deadline)) and not stop_sent:
+                await session.jobs.stop(host_id)
+                stop_sent = True
+            batch = await session.jobs._c.request(
+                "read", job=host_id, from_seq=seq, limit=10_000, wait=0.5
+            )
+        except ConnectionFailed:
+            if job.state is not JobState.DISCONNECTED:
+                job._apply(Event.DISCONNECT)
+            await _reconnect(job, session, generation)
+            job._apply(Event.RECONNECT)
+            continue
+        for record in batch.records:
+            await log.append(record.stream, record.value)
+        seq = batch.next_seq
+        info = batch.job
+        if info.state.is_finished and seq >= info.next_seq:
+            job.exit_status = info.exit_status
+            if info.state is JobState.COMPLETED:
+                job._complete()
+            elif info.state is JobState.STOPPED and _past(deadline) and not job.stop_requested:
+                job._fail(
+                    CommandFailed(f"{session.where}: {command!r} timed out after {timeout} s")
+                )
+            elif info.state is JobState.STOPPED:
+                job._mark_stopped()
+            else:
+                reason = info.reason or f"{command!r} failed on the job host"
+                job._fail(CommandFailed(f"{session.where}: {reason}", exit_status=info.exit_status))
+            return
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+async def _reconnect(job: Job, session: Session, generation: int) -> None:
+    """Try to reach the host again until it works (or the job is stopped)."""
+    delay = _RECONNECT_FIRST
+    while True:
+        try:
+            await session.reconnect(seen=generation)
+        except ConnectionFailed:
+            if job.stop_requested:
+                raise
+        else:
+            return
+        await anyio.sleep(delay)
+        delay = min(delay * 2, _RECONNECT_MAX)
 
 
 async def invoke_on_session(

@@ -138,6 +138,11 @@ class RemoteHostConnection:
     async def request(self, op: str, **args: Any) -> Any:
         return await (await self.host())._c.request(op, **args)
 
+    def reset(self) -> None:
+        """The connection was made again: the next request opens a new bridge, and the job
+        host reattaches this session by name."""
+        self._host = None
+
     async def disconnect(self) -> None:
         if self._host is not None:
             await self._host.disconnect()

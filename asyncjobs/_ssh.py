@@ -210,8 +210,12 @@ class Session:
         name: str | None,
         max_channels: int,
         timings: ConnectTimings | None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self._conn = conn
+        self._options = dict(options or {})
+        self._generation = 0  # how many times the connection was made again
+        self._reconnecting = anyio.Lock()
         self._target = target
         self.name = name
         self.host = target.host
@@ -263,6 +267,28 @@ class Session:
             self._host = RemoteHostConnection(self)
             self._jobs = HostJobs(self._host)
         return self._jobs
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every ``reconnect()``: who saw the link drop at generation N reconnects
+        only if nobody has since."""
+        return self._generation
+
+    async def reconnect(self, seen: int | None = None) -> None:
+        """Make the connection again, with the same options, and (if the session has a job
+        host session) reattach to it by name. Raises ``ConnectionFailed`` if the host can't be
+        reached now. ``seen``: the generation the caller saw fail; if the session has been
+        reconnected since, this returns at once."""
+        async with self._reconnecting:
+            if seen is not None and seen != self._generation:
+                return
+            conn, timings = await open_connection(self._target, self._options)
+            old, self._conn = self._conn, conn
+            self.timings = timings
+            self._generation += 1
+            if self._host is not None:
+                self._host.reset()
+            old.close()
 
     async def disconnect(self) -> None:
         """Leave the session and its jobs running on the host's job host, and close the
@@ -369,6 +395,13 @@ def connect(
 
     async def opening() -> Session:
         conn, timings = await open_connection(target, ssh_options)
-        return Session(conn, target, name=name, max_channels=max_channels, timings=timings)
+        return Session(
+            conn,
+            target,
+            name=name,
+            max_channels=max_channels,
+            timings=timings,
+            options=ssh_options,
+        )
 
     return _SessionOpener(opening())

@@ -124,3 +124,42 @@ async def test_stop_and_remove_remote_host_jobs(remote: TestHosts, options: dict
         await s.jobs.remove(job)
         assert await s.jobs.get() == []
         assert await s.invoke("pgrep -u $(id -u) -f 'stop[m]e' || echo gone") == ["gone"]
+
+
+async def test_a_named_session_job_is_disconnected_then_resumes_losing_nothing(
+    remote: TestHosts, options: dict[str, Any]
+) -> None:
+    """sshd dies mid-stream: the local child becomes DISCONNECTED (the command goes on in the
+    host's job host); sshd comes back: the child reconnects and resumes from the last record it
+    holds — every line once, in order."""
+    host = remote.hosts[0]
+    session = await asyncjobs.connect(host.address, host.port, name="resilient", **options)
+    try:
+        async with asyncjobs.JobManager() as jobs:
+            job = await jobs.invoke(
+                [session], "i=0; while [ $i -lt 400 ]; do echo $i; i=$((i+1)); sleep 0.005; done"
+            )
+            child = job.children[0]
+            got: list[str] = []
+            changes: list[JobState] = []
+
+            async def watch() -> None:
+                changes.extend([change.state async for change in child.state_changes()])
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                async for line in child.stream():
+                    got.append(line)
+                    if len(got) == 50:
+                        remote.cut_link(0)  # the network to the host is gone
+                        with anyio.fail_after(20):
+                            while child.state is not JobState.DISCONNECTED:
+                                await anyio.sleep(0.02)
+                        assert job.state is JobState.DISCONNECTED
+                        remote.restart(0)  # and back
+            assert got == [str(i) for i in range(400)]
+            assert child.state is JobState.COMPLETED and child.exit_status == 0
+            assert JobState.DISCONNECTED in changes
+            assert changes[-2:] == [JobState.RUNNING, JobState.COMPLETED]
+    finally:
+        await session.close()

@@ -199,6 +199,14 @@ def _ssh_connection(pid: int) -> str | None:
     return None
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
@@ -611,6 +619,24 @@ class TestHosts:
             s.proc.kill()
             s.proc.wait(timeout=10)
             s.proc = None
+
+    def cut_link(self, i: int) -> None:
+        """SIGKILL host ``i``'s sshd processes only — the listener and every connection's sshd —
+        as if the network to it were cut: the user's processes there (a job host, say) live on.
+        ``restart(i)`` brings sshd back."""
+        s = self._server(i)
+        victims = {p for p in self._host_pids(s) if _comm(p) == "sshd"}
+        for p in victims:
+            _signal(p, signal.SIGKILL)
+        if s.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                s.proc.wait(timeout=10)
+            s.proc = None
+        if s.log_file is not None:
+            s.log_file.close()
+            s.log_file = None
+        if survivors := _wait_gone(victims, time.monotonic() + 10):
+            raise TestHostsError(f"sshd processes survived SIGKILL: {survivors}")
 
     def pause(self, i: int) -> None:
         """SIGSTOP host ``i``'s listener and all its descendants ("host hangs"): TCP connects still
