@@ -137,11 +137,14 @@ class _Progress:
 
 
 async def _open_process(session: Session, command: str) -> asyncssh.SSHClientProcess[bytes]:
-    """Open a channel running ``command``; a refused channel is retried with backoff."""
+    """Open a channel running ``command``; a refused channel is retried with backoff. A host
+    that stops answering fails it after the session's ``channel_timeout`` (its
+    ``connect_timeout``, 30 s by default), never hangs it."""
     delay = 0.05
+    timeout = session.channel_timeout
     for attempt in range(_OPEN_RETRIES + 1):
         try:
-            with map_ssh_errors(session.where):
+            with map_ssh_errors(session.where, timeout=timeout), anyio.fail_after(timeout):
                 return await session.connection.create_process(command, encoding=None)
         except ConnectionFailed as exc:
             if not isinstance(exc.__cause__, asyncssh.ChannelOpenError) or attempt == _OPEN_RETRIES:
@@ -476,7 +479,9 @@ def _child_body(
             )
             await log.append("error", exc)
             raise
-        session = Session(conn, target, name=None, max_channels=max_channels, timings=timings)
+        session = Session(
+            conn, target, name=None, max_channels=max_channels, timings=timings, options=options
+        )
         async with session:
             await run_remote(
                 child,

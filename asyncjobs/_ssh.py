@@ -214,6 +214,8 @@ class Session:
     ) -> None:
         self._conn = conn
         self._options = dict(options or {})
+        #: Bounds opening a channel, as ``connect_timeout`` bounds connecting.
+        self.channel_timeout = float(self._options.get("connect_timeout", 30.0))
         self._generation = 0  # how many times the connection was made again
         self._reconnecting = anyio.Lock()
         self._target = target

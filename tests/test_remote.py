@@ -363,3 +363,21 @@ async def test_max_startups_resets_are_retried(fresh_ssh_host: TestHosts) -> Non
             str(c.reason) for c in job.children if c.reason
         ]
         assert await job.receive() == ["ok"] * 40
+
+
+async def test_a_host_that_hangs_after_connecting_fails_the_channel_open(
+    fresh_ssh_host: TestHosts,
+) -> None:
+    host = fresh_ssh_host.hosts[0]
+    options = opts(fresh_ssh_host, connect_timeout=1)
+    async with asyncjobs.connect(host.address, host.port, **options) as s, JobManager() as jobs:
+        assert await s.invoke("echo up") == ["up"]
+        fresh_ssh_host.pause(0)
+        try:
+            job = await jobs.invoke([s], "echo never")
+            with anyio.fail_after(15):
+                await job.wait()
+            assert job.state is JobState.FAILED
+            assert "timed out after 1 s" in str(job.children[0].reason)
+        finally:
+            fresh_ssh_host.resume(0)
