@@ -93,6 +93,21 @@ def _wire(records: list[StoredRecord]) -> list[WireRecord]:
     return [WireRecord(r.seq, r.stream, unpack_value(r.value), r.time) for r in records]
 
 
+#: Bytes of record values in one answer: well inside the protocol's frame limit, even for
+#: bytes values (base64) and JSON's quoting.
+PAGE_BYTES: Final = 6 * 1024 * 1024
+
+
+def _page(records: list[StoredRecord]) -> list[StoredRecord]:
+    """The longest prefix of ``records`` whose values fit in ``PAGE_BYTES`` (at least one)."""
+    total = 0
+    for i, record in enumerate(records):
+        total += len(record.value) + 32
+        if total > PAGE_BYTES and i > 0:
+            return records[:i]
+    return records
+
+
 @attrs.define(eq=False)
 class _HostJob:
     """A job this host runs now: the local job and what its readers wait on."""
@@ -511,8 +526,10 @@ class JobHost:
         unreceived: bool = False,
     ) -> Batch:
         def fetch() -> list[StoredRecord]:
-            return self.store.read(
-                job, from_seq, streams=streams, limit=limit, unreceived_only=unreceived
+            return _page(
+                self.store.read(
+                    job, from_seq, streams=streams, limit=limit, unreceived_only=unreceived
+                )
             )
 
         return await self._reading(job, wait, fetch)
@@ -526,7 +543,16 @@ class JobHost:
         wait: float | None = None,
     ) -> Batch:
         chosen = streams or list(STREAMS)
-        batch = await self._reading(job, wait, lambda: self.store.take(job, chosen, limit))
+
+        def fetch() -> list[StoredRecord]:
+            # Look first, cut the page to what fits in a frame, then take exactly that: a
+            # record is marked received only if it is really on its way.
+            page = _page(self.store.read(job, 0, streams=chosen, limit=limit, unreceived_only=True))
+            if page:
+                self.store.take(job, chosen, limit=len(page))
+            return page
+
+        batch = await self._reading(job, wait, fetch)
         host_job = self._jobs.get(job)
         if host_job is not None:
             host_job.wake_producer()

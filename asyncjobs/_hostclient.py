@@ -241,7 +241,9 @@ class HostJobs:
             )
             got = batch.to_records(batch.job.location)
             records.extend(got)
-            if len(got) < page or (limit is not None and len(records) >= limit):
+            # A page may come back short (the host cuts pages to fit a frame): only an empty
+            # one means there is no more.
+            if not got or (limit is not None and len(records) >= limit):
                 return records
             seq = batch.next_seq
 
@@ -267,7 +269,7 @@ class HostJobs:
                 batch = await self._c.request("take", job=_job_id(job), streams=chosen, limit=_PAGE)
             got = batch.to_records(batch.job.location)
             records.extend(got)
-            if len(got) < _PAGE:
+            if not got:  # pages may be cut short to fit a frame: only empty means done
                 return records
             seq = batch.next_seq
 

@@ -41,6 +41,7 @@ PAGES = (
     "states.md",
     "errors.md",
     "remote-jobs.md",
+    "job-host.md",
 )
 _NOT_TESTED = re.compile(r"^<!--\s*not-tested:\s*(?P<platform>[a-z0-9]+):\s*(?P<why>\S.*?)\s*-->$")
 _LINK = re.compile(r"\]\((?P<target>[^)#\s]+)(?:#[^)]*)?\)")

@@ -317,3 +317,15 @@ async def test_block_buffering_holds_the_producer_while_disconnected(hostdir: Pa
 
 async def test_protocol_error_type_is_ours() -> None:
     assert issubclass(ProtocolError, AsyncJobsError)
+
+
+async def test_big_records_come_in_pages_that_fit_a_frame(hostdir: Path) -> None:
+    # 60,000 lines of 400 bytes: 24 MB, more than one 16 MiB frame: nothing may be lost.
+    async with connect_local(name="big") as s:
+        job = await s.jobs.start_command("yes $(printf 'x%.0s' $(seq 1 399)) | head -n 60000")
+        await s.jobs.wait(job, timeout=60)
+        kept = await s.jobs.read(job)
+        assert len(kept) == 60000 and kept[-1].seq == 59999
+        got = await s.jobs.receive(job)
+        assert len(got) == 60000 and set(got) == {"x" * 399}
+        assert await s.jobs.receive(job) == []
