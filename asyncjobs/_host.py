@@ -193,6 +193,20 @@ class JobHost:
                 scope.cancel()
                 return
 
+    async def shutdown(self, grace: float = 15.0) -> None:
+        """A clean stop (SIGTERM): stop every running job and let its persister write its
+        final state, so that the next host does not report them as killed with the host."""
+        with anyio.move_on_after(grace):
+            async with anyio.create_task_group() as tg:
+                for job in list(self._jobs.values()):
+                    if not job.done.is_set():
+                        tg.start_soon(self._stop_and_settle, job)
+
+    @staticmethod
+    async def _stop_and_settle(job: _HostJob) -> None:
+        await job.local.stop()
+        await job.done.wait()
+
     async def _expire(self, row: SessionRow) -> None:
         """PowerShell: a disconnected session past its idle timeout is closed, its jobs stopped."""
         async with anyio.create_task_group() as tg:
@@ -646,6 +660,7 @@ async def _run(directory: Path, idle_exit: float) -> None:
                 # TERM/INT: a clean shutdown: the job table stops its jobs and reaps them.
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for _ in signals:
+                        await host.shutdown()
                         tg.cancel_scope.cancel()
                         return
 

@@ -329,3 +329,17 @@ async def test_big_records_come_in_pages_that_fit_a_frame(hostdir: Path) -> None
         got = await s.jobs.receive(job)
         assert len(got) == 60000 and set(got) == {"x" * 399}
         assert await s.jobs.receive(job) == []
+
+
+async def test_a_clean_stop_of_the_host_records_its_jobs_as_stopped(hostdir: Path) -> None:
+    async with connect_local(name="c") as s:
+        job = await s.jobs.start_command("sleep 1000")
+    pid = host_pid(hostdir)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    with anyio.fail_after(20):
+        while pid_alive(pid):
+            await anyio.sleep(0.02)
+    async with connect_local(name="c", create=False) as s:
+        info = await s.jobs.job(job)
+        assert info.state is JobState.STOPPED and info.reason is None
