@@ -56,6 +56,9 @@ class Job(metaclass=NoPublicConstructor):
     timings: Any = None
     #: Set by the runner once it holds a slot and is starting the job.
     _runner_active: bool = False
+    #: A parent's children by state, kept up to date as they change: deriving the parent's
+    #: state then costs O(states), not O(children), however many hosts a fan-out has.
+    _child_states: dict[JobState, int] = attrs.field(factory=dict)
 
     @classmethod
     def _leaf(
@@ -81,7 +84,9 @@ class Job(metaclass=NoPublicConstructor):
             id=id, name=name or f"Job{id}", kind=kind, command=command, children=tuple(children)
         )
         job.location = ",".join(dict.fromkeys(c.location for c in job._children))
-        job._state = parent_state(c.state for c in job._children)
+        for child in job._children:
+            job._child_states[child.state] = job._child_states.get(child.state, 0) + 1
+        job._state = parent_state(job._child_states)
         job.started_at = min((c.started_at for c in job._children if c.started_at), default=None)
         if job._state.is_finished:
             job.finished_at = max((c.finished_at or 0.0) for c in job._children)
@@ -311,7 +316,13 @@ class Job(metaclass=NoPublicConstructor):
             self.parent._wake()
 
     def _child_changed(self, child: Job) -> None:
-        state = parent_state((c.state for c in self._children), stop_requested=self.stop_requested)
+        change = child._history[-1]  # the change that called us
+        counts = self._child_states
+        counts[change.previous] -= 1
+        if not counts[change.previous]:
+            del counts[change.previous]
+        counts[change.state] = counts.get(change.state, 0) + 1
+        state = parent_state(counts, stop_requested=self.stop_requested)
         if state is self._state:
             return
         previous, self._state = self._state, state
