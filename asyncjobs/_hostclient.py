@@ -234,6 +234,7 @@ class HostJobs:
         """Records from ``from_seq`` on, received or not; moves nothing (keep)."""
         records: list[Record] = []
         seq = from_seq
+        end: int | None = None  # what existed at the first answer: a busy job can't keep us
         while True:
             page = _PAGE if limit is None else min(_PAGE, limit - len(records))
             batch: Batch = await self._c.request(
@@ -241,11 +242,12 @@ class HostJobs:
             )
             got = batch.to_records(batch.job.location)
             records.extend(got)
+            end = batch.job.next_seq if end is None else end
             # A page may come back short (the host cuts pages to fit a frame): only an empty
-            # one means there is no more.
-            if not got or (limit is not None and len(records) >= limit):
-                return records
+            # one, or reaching what existed when we started, means there is no more.
             seq = batch.next_seq
+            if not got or seq >= end or (limit is not None and len(records) >= limit):
+                return records
 
     async def receive_records(
         self, job: JobRef, *, keep: bool = False, streams: Iterable[StreamName] | None = None
@@ -255,6 +257,7 @@ class HostJobs:
         chosen = _streams(streams) or list(STREAMS)
         records: list[Record] = []
         seq = 0
+        end: int | None = None
         while True:
             if keep:
                 batch: Batch = await self._c.request(
@@ -269,9 +272,12 @@ class HostJobs:
                 batch = await self._c.request("take", job=_job_id(job), streams=chosen, limit=_PAGE)
             got = batch.to_records(batch.job.location)
             records.extend(got)
-            if not got:  # pages may be cut short to fit a frame: only empty means done
-                return records
+            end = batch.job.next_seq if end is None else end
             seq = batch.next_seq
+            # Done at an empty page (pages may be cut short to fit a frame) or once past what
+            # existed at the first answer: "produced so far", even while the job produces.
+            if not got or seq >= end:
+                return records
 
     async def receive(self, job: JobRef, *, keep: bool = False) -> list[Any]:
         """Receive-Job: the output items not yet received."""
