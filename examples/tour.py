@@ -28,11 +28,23 @@ def primes(limit: int) -> Iterator[int]:
             yield n
 
 
+def _cut(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def table(jobs: list[asyncjobs.Job]) -> str:
     """Get-Job's table: Id Name Kind State HasMoreData Location Command."""
     head = ("Id", "Name", "Kind", "State", "HasMoreData", "Location", "Command")
     rows = [
-        (str(j.id), j.name, j.kind, j.state.value, str(j.has_more_data), j.location, j.command)
+        (
+            str(j.id),
+            j.name,
+            j.kind,
+            j.state.value,
+            str(j.has_more_data),
+            j.location,
+            _cut(j.command),
+        )
         for j in jobs
     ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
