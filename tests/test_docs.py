@@ -42,6 +42,7 @@ PAGES = (
     "errors.md",
     "remote-jobs.md",
     "job-host.md",
+    "cli.md",
 )
 _NOT_TESTED = re.compile(r"^<!--\s*not-tested:\s*(?P<platform>[a-z0-9]+):\s*(?P<why>\S.*?)\s*-->$")
 _LINK = re.compile(r"\]\((?P<target>[^)#\s]+)(?:#[^)]*)?\)")

@@ -1,0 +1,285 @@
+"""The command line's grammar: click commands that parse their options and hand the work to
+their async bodies (``_jobs``, ``_invoke``, ``_enter``) through ``_boundary.run``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from .. import __version__
+from ._boundary import describe, fail, run, run_on, say
+from ._hosts import HostSyntaxError
+from ._options import (
+    COMMAND,
+    STATES,
+    common,
+    host_option,
+    ssh_dict,
+    ssh_options,
+    targets_of,
+)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Without -H, jobs run on this machine's job host (started on first use); they and "
+    "their output stay there across invocations. Docs: docs/cli.md.",
+)
+@click.version_option(__version__, prog_name="asyncjobs")
+@common
+def cli() -> None:
+    """PowerShell's job commands for the shell: start jobs, list them, receive their output,
+    and run commands on many hosts over SSH."""
+
+
+@cli.command(context_settings=COMMAND)
+@click.option(
+    "-H",
+    "-w",
+    "--hosts",
+    multiple=True,
+    metavar="HOSTS",
+    help="Hosts: web1,web2, web[01-12], user@db[1-3]:2222, '-' for stdin (repeatable).",
+)
+@click.option(
+    "--hostfile", multiple=True, metavar="FILE", help="Hosts, one per line, # comments; '-': stdin."
+)
+@click.option(
+    "--throttle", type=click.IntRange(min=1), default=32, show_default=True, help="Hosts at once."
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S s."
+)
+@click.option("--fail-fast", is_flag=True, help="Stop every host once one fails.")
+@click.option("--fold", is_flag=True, help="Print each distinct output once, with its hosts.")
+@ssh_options
+@common
+@click.argument("command", nargs=-1, required=True)
+def invoke(
+    hosts: tuple[str, ...],
+    hostfile: tuple[str, ...],
+    throttle: int,
+    timeout: float | None,
+    fail_fast: bool,
+    fold: bool,
+    command: tuple[str, ...],
+    **ssh: Any,
+) -> None:
+    """Run COMMAND on every host and wait (Invoke-Command; pdsh).
+
+    Lines are printed as they come, tagged with their host; a summary goes to stderr; the
+    exit status is the worst host's. Without -H the command runs on this machine.
+
+    \b
+      asyncjobs invoke -H web[01-04],db1 -- uptime
+      asyncjobs invoke --hostfile hosts.txt --fold -- cat /etc/debian_version
+    """
+    if not hosts and not hostfile:
+        from ._invoke import invoke_local
+
+        run("invoke", invoke_local, command, timeout=timeout, folding=fold)
+        return
+    try:
+        chosen = targets_of(hosts, hostfile, ssh)
+    except HostSyntaxError as exc:
+        fail("invoke", exc)
+        return
+    from ._invoke import invoke_remote
+
+    run(
+        "invoke",
+        invoke_remote,
+        chosen,
+        command,
+        throttle=throttle,
+        timeout=timeout,
+        fail_fast=fail_fast,
+        folding=fold,
+        ssh_options=ssh_dict(ssh),
+    )
+
+
+@cli.command(context_settings=COMMAND)
+@click.option("--name", "-n", metavar="NAME", help="The job's name (default JobN).")
+@click.option("--session", metavar="NAME", help="The job host session to start it in (cli).")
+@host_option
+@ssh_options
+@common
+@click.argument("command", nargs=-1, required=True)
+def start(
+    name: str | None, session: str | None, host: str | None, command: tuple[str, ...], **ssh: Any
+) -> None:
+    """Start a job and return at once (Start-Job); prints the job.
+
+    One word is a shell command line, more are a program and its arguments.
+
+    \b
+      asyncjobs start --name build -- make -j8
+      asyncjobs start -- 'sleep 60; echo done'
+    """
+    from ._jobs import start as body
+
+    run_on("start", body, host, ssh, command, name=name, session=session)
+
+
+@cli.command()
+@click.option("--name", "-n", metavar="PATTERN", help="Only jobs whose name matches (build-*).")
+@click.option(
+    "--state", type=click.Choice(STATES, case_sensitive=False), help="Only jobs in this state."
+)
+@host_option
+@ssh_options
+@common
+def get(name: str | None, state: str | None, host: str | None, **ssh: Any) -> None:
+    """List the jobs of the job host (Get-Job)."""
+    from ._jobs import get as body
+
+    run_on("get", body, host, ssh, name=name, state=state)
+
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Leave the records there for the next receive.")
+@click.option(
+    "--wait", is_flag=True, help="Follow the job until it is finished; exit with its status."
+)
+@host_option
+@ssh_options
+@common
+@click.argument("job_id", metavar="ID", type=int)
+def receive(job_id: int, keep: bool, wait: bool, host: str | None, **ssh: Any) -> None:
+    """Print the output of job ID not yet received (Receive-Job).
+
+    Output goes to stdout, errors and other streams to stderr.
+    """
+    from ._jobs import receive as body
+
+    run_on("receive", body, host, ssh, job_id, keep=keep, wait=wait)
+
+
+@cli.command()
+@click.option("--any", "any_", is_flag=True, help="Return when one of the jobs is finished.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    metavar="S",
+    help="Give up after S seconds (exit status 124).",
+)
+@host_option
+@ssh_options
+@common
+@click.argument("job_ids", metavar="ID...", type=int, nargs=-1, required=True)
+def wait(
+    job_ids: tuple[int, ...], any_: bool, timeout: float | None, host: str | None, **ssh: Any
+) -> None:
+    """Wait until jobs are finished (Wait-Job); prints the finished ones."""
+    from ._jobs import wait as body
+
+    run_on("wait", body, host, ssh, job_ids, any=any_, timeout=timeout)
+
+
+@cli.command()
+@host_option
+@ssh_options
+@common
+@click.argument("job_ids", metavar="ID...", type=int, nargs=-1, required=True)
+def stop(job_ids: tuple[int, ...], host: str | None, **ssh: Any) -> None:
+    """Stop the jobs (Stop-Job); prints them once they are stopped."""
+    from ._jobs import stop as body
+
+    run_on("stop", body, host, ssh, job_ids)
+
+
+@cli.command()
+@click.option("--force", "-f", is_flag=True, help="Stop running jobs first.")
+@host_option
+@ssh_options
+@common
+@click.argument("job_ids", metavar="ID...", type=int, nargs=-1, required=True)
+def remove(job_ids: tuple[int, ...], force: bool, host: str | None, **ssh: Any) -> None:
+    """Delete jobs and their output (Remove-Job); a running job needs --force."""
+    from ._jobs import remove as body
+
+    run_on("remove", body, host, ssh, job_ids, force=force)
+
+
+@cli.command()
+@ssh_options
+@common
+@click.argument("host", metavar="HOST")
+def enter(host: str, **ssh: Any) -> None:
+    """An interactive shell on HOST (Enter-PSSession); 'exit' returns.
+
+    HOST is [user@]host[:port]; the exit status is the shell's.
+    """
+    from ._enter import enter as body
+
+    async def shell(screen: Any, result: Any, where: Any) -> None:
+        await body(screen, result, where.target, dict(where.ssh_options))
+
+    run_on("enter", shell, host, ssh)
+
+
+@cli.group()
+def session() -> None:
+    """Sessions of a job host: list, connect, disconnect (*-PSSession)."""
+
+
+@session.command("list")
+@host_option
+@ssh_options
+@common
+def session_list(host: str | None, **ssh: Any) -> None:
+    """List the sessions of the job host."""
+    from ._jobs import session_list as body
+
+    run_on("session list", body, host, ssh)
+
+
+@session.command("connect")
+@host_option
+@ssh_options
+@common
+@click.argument("name", metavar="NAME")
+def session_connect(name: str, host: str | None, **ssh: Any) -> None:
+    """Attach to session NAME and show it with its jobs (it stays on the host)."""
+    from ._jobs import session_connect as body
+
+    run_on("session connect", body, host, ssh, name)
+
+
+@session.command("disconnect")
+@host_option
+@ssh_options
+@common
+@click.argument("name", metavar="NAME")
+def session_disconnect(name: str, host: str | None, **ssh: Any) -> None:
+    """Leave session NAME disconnected, its jobs running."""
+    from ._jobs import session_disconnect as body
+
+    run_on("session disconnect", body, host, ssh, name)
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    """Parse and run; click's own errors become one line too."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = cli.main(args, prog_name="asyncjobs", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.format_message(), err=True)
+        return 2
+    except click.ClickException as exc:
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) else "asyncjobs"  # type: ignore[attr-defined]
+        say(f"{exc.format_message()} (see '{command} --help')")
+        return exc.exit_code
+    except click.Abort:
+        say("interrupted")
+        return 130
+    except Exception as exc:  # a bug of ours: still one line, unless --debug
+        if "--debug" in args:
+            raise
+        say(describe(exc, str(exc)))
+        return 1
+    return code if isinstance(code, int) else 0

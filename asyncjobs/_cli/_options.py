@@ -1,0 +1,138 @@
+"""The options commands share: ``--json`` and ``--debug`` everywhere, how to reach SSH hosts,
+and ``-H`` made into a ``Where`` (one job host) or targets (many hosts)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import click
+
+from ._hosts import HostSyntaxError
+
+if TYPE_CHECKING:
+    from .._targets import Target
+    from ._access import Where
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JSON: Final = "asyncjobs.json"
+DEBUG: Final = "asyncjobs.debug"
+STATES: Final = (
+    "NotStarted", "Running", "Completed", "Failed", "Stopped", "Blocked", "Suspended",
+    "Disconnected", "Suspending", "Stopping",
+)  # fmt: skip
+COMMAND: Final = {"allow_interspersed_args": False}  # `start -- ls -l`: -l belongs to ls
+
+
+def _set(key: str) -> Callable[[click.Context, click.Parameter, bool], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.meta[key] = True
+
+    return callback
+
+
+def common(f: F) -> F:
+    """``--json`` and ``--debug``, on the group and on every command."""
+    f = click.option(
+        "--json",
+        is_flag=True,
+        expose_value=False,
+        callback=_set(JSON),
+        help="Print one JSON document (schema asyncjobs-cli/1, see docs/cli.md) instead of text.",
+    )(f)
+    return click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        callback=_set(DEBUG),
+        help="Show the traceback of an error.",
+    )(f)
+
+
+def ssh_options(f: F) -> F:
+    """How to reach ``-H`` hosts; ~/.ssh/config applies as with ssh."""
+    options = [
+        click.option("--user", "-l", metavar="USER", help="User for hosts that don't say user@."),
+        click.option(
+            "--port",
+            "-p",
+            type=click.IntRange(1, 65535),
+            help="Port for hosts that don't say :PORT.",
+        ),
+        click.option(
+            "-i", "--identity", multiple=True, metavar="FILE", help="Private key file (repeatable)."
+        ),
+        click.option(
+            "--known-hosts", metavar="FILE", help="known_hosts file to verify hosts with."
+        ),
+        click.option(
+            "--connect-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            metavar="S",
+            help="Give up connecting after S seconds (default 30).",
+        ),
+        click.option(
+            "-F",
+            "--ssh-config",
+            metavar="FILE",
+            help="OpenSSH client config instead of ~/.ssh/config ('none': no config).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def host_option(f: F) -> F:
+    return click.option(
+        "-H",
+        "--host",
+        metavar="HOST",
+        help="The job host of [user@]HOST[:PORT] over SSH (default: this machine's).",
+    )(f)
+
+
+def ssh_dict(ssh: dict[str, Any]) -> dict[str, Any]:
+    """The asyncssh options of the SSH flags (``--user``/``--port`` go into the targets)."""
+    options: dict[str, Any] = {}
+    if ssh.get("identity"):
+        options["client_keys"] = list(ssh["identity"])
+    if ssh.get("known_hosts"):
+        options["known_hosts"] = ssh["known_hosts"]
+    if ssh.get("connect_timeout") is not None:
+        options["connect_timeout"] = ssh["connect_timeout"]
+    if ssh.get("ssh_config"):
+        options["config"] = [] if ssh["ssh_config"] == "none" else [ssh["ssh_config"]]
+    return options
+
+
+def where_of(host: str | None, ssh: dict[str, Any]) -> Where:
+    from ._access import Where
+    from ._hosts import parse_hosts, targets
+
+    if host is None:
+        return Where()
+    hosts = parse_hosts(host)
+    if len(hosts) != 1:
+        raise HostSyntaxError(
+            f"-H {host!r} names {len(hosts)} hosts; this command takes one "
+            "('asyncjobs invoke' runs a command on many)"
+        )
+    [target] = targets(hosts, user=ssh.get("user"), port=ssh.get("port"))
+    return Where(target, ssh_dict(ssh))
+
+
+# -- the one error boundary -----------------------------------------------------------------
+
+
+def targets_of(hosts: Sequence[str], hostfiles: Sequence[str], ssh: dict[str, Any]) -> list[Target]:
+    """The hosts of ``-H`` and ``--hostfile``, checked, ``--user``/``--port`` filled in."""
+    from ._hosts import gather, targets
+
+    names = gather(hosts, hostfiles, sys.stdin)
+    if not names:
+        raise HostSyntaxError("no hosts: -H and --hostfile named none")
+    return targets(names, user=ssh.get("user"), port=ssh.get("port"))

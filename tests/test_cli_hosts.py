@@ -1,0 +1,108 @@
+"""The command line's pure parts, without processes: pdsh/clush host lists (ranges, host files,
+standard input, malformed input), folding hosts back into ranges, tables, exit statuses."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from asyncjobs._cli._fastget import SCHEMA_VERSION
+from asyncjobs._cli._hosts import (
+    HostSyntaxError,
+    expand,
+    fold,
+    gather,
+    parse_hosts,
+    read_hostfile,
+    targets,
+)
+from asyncjobs._cli._output import cli_message, exit_code, plain_table
+from asyncjobs._errors import NoSuchJob
+from asyncjobs._store import SCHEMA_VERSION as STORE_SCHEMA_VERSION
+from asyncjobs._targets import Target
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("web1", ["web1"]),
+        ("web1,web2 , db1", ["web1", "web2", "db1"]),
+        ("web[01-03]", ["web01", "web02", "web03"]),
+        ("web[8-10]", ["web8", "web9", "web10"]),
+        ("web[1,3,5-6].example", ["web1.example", "web3.example", "web5.example", "web6.example"]),
+        ("user@db[1-3]:2222", ["user@db1:2222", "user@db2:2222", "user@db3:2222"]),
+        ("r[1-2]-n[1-2]", ["r1-n1", "r1-n2", "r2-n1", "r2-n2"]),
+        ("[::1]:2222,h[1-2]", ["[::1]:2222", "h1", "h2"]),
+        ("a,b,a,a[1-1]", ["a", "b", "a1"]),
+    ],
+)
+def test_host_lists_expand_like_pdsh(text: str, expected: list[str]) -> None:
+    assert parse_hosts(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("web[01-", "'[' is never closed"),
+        ("web[]", "empty brackets"),
+        ("web[3-1]", "counts down; write [1-3]"),
+        ("web[a-c]", "'a-c' is not a number or N-M"),
+        ("web[1-]", "'1-' is not a number or N-M"),
+        ("web1]", "']' without '['"),
+        ("web[1-[2]]", "never closed"),
+        ("web[0-100000]", "more than 100,000 hosts"),
+    ],
+)
+def test_malformed_ranges_name_the_token_and_the_fix(text: str, message: str) -> None:
+    with pytest.raises(HostSyntaxError) as info:
+        parse_hosts(text)
+    text_of = str(info.value)
+    assert message in text_of and repr(text) in text_of and "\n" not in text_of
+
+
+def test_hostfiles_comments_stdin_and_targets(tmp_path: Path) -> None:
+    lines = ["# the web tier\n", "web[01-02]   # two\n", "\n", "ops@db1:2222, db2\n", "web01\n"]
+    assert read_hostfile(lines, "f") == ["web01", "web02", "ops@db1:2222", "db2"]
+    with pytest.raises(HostSyntaxError, match=r"^f, line 2: bad host range 'x\[1-'"):
+        read_hostfile(["ok\n", "x[1-\n"], "f")
+    path = tmp_path / "hosts"
+    path.write_text("a[1-2]\n")
+    assert gather(["b", "-"], [str(path)], io.StringIO("c\n# no\n")) == ["b", "c", "a1", "a2"]
+    with pytest.raises(HostSyntaxError, match="can't read host file"):
+        gather([], [str(tmp_path / "missing")], None)
+    assert targets(["h1", "u@h2:2", "[::1]"], user="ops", port=2200) == [
+        Target("h1", 2200, "ops"),
+        Target("h2", 2, "u"),
+        Target("::1", 2200, "ops"),
+    ]
+    with pytest.raises(HostSyntaxError, match=r"port '99999' is not in 1..65535"):
+        targets(["h:99999"], user=None, port=None)
+
+
+def test_fold_is_the_inverse_of_expand() -> None:
+    hosts = [*expand("web[01-03,05]"), "db1", *expand("web[9-11]"), "plain"]
+    assert fold(hosts) == "web[01-03,05],db1,web[9-11],plain"
+    assert parse_hosts(fold(hosts)) == hosts
+    assert fold(["h7"]) == "h7"
+
+
+def test_tables_exit_codes_and_the_store_schema() -> None:
+    table = plain_table(("Id", "Name", "Command"), [["1", "a", "x y"], ["10", "long-name", "z"]])
+    assert table == (
+        "Id  Name       Command\n--  ----       -------\n1   a          x y\n10  long-name  z\n"
+    )
+    assert [exit_code(s, e) for s, e in [("Completed", 0), ("Failed", 3), ("Failed", -9)]] == [
+        0,
+        3,
+        137,
+    ]
+    assert [exit_code(s, None) for s in ("Failed", "Stopped", "Disconnected")] == [255, 143, 255]
+    assert SCHEMA_VERSION == STORE_SCHEMA_VERSION  # the fast reader knows the store's schema
+
+
+def test_library_hints_become_command_line_flags() -> None:
+    message = cli_message(NoSuchJob("no job with id 9 on this job host; jobs.get() lists them"))
+    assert message == "no job with id 9 on this job host; 'asyncjobs get' lists them"
+    assert cli_message(ValueError("two\n  lines")) == "two lines"
