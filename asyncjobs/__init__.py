@@ -9,9 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._context import emit as emit
-from ._context import progress as progress
-from ._context import stop_requested as stop_requested
 from ._errors import AsyncJobsError as AsyncJobsError
 from ._errors import CommandFailed as CommandFailed
 from ._errors import ConnectionFailed as ConnectionFailed
@@ -23,8 +20,6 @@ from ._errors import JobStopped as JobStopped
 from ._errors import NoSuchJob as NoSuchJob
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
-from ._job import Job as Job
-from ._manager import JobManager as JobManager
 from ._models import STREAMS as STREAMS
 from ._models import Buffer as Buffer
 from ._models import BufferStatistics as BufferStatistics
@@ -78,10 +73,15 @@ __all__ = [
 _fixup_module_metadata(__name__, globals())
 
 if TYPE_CHECKING:
+    from ._context import emit as emit
+    from ._context import progress as progress
+    from ._context import stop_requested as stop_requested
     from ._hostclient import HostJobInfo as HostJobInfo
     from ._hostclient import HostSession as HostSession
     from ._hostclient import connect_local as connect_local
     from ._hostclient import get_sessions as get_sessions
+    from ._job import Job as Job
+    from ._manager import JobManager as JobManager
     from ._protocol import SessionInfo as SessionInfo
     from ._remote import RemoteTimings as RemoteTimings
     from ._remote import to_jsonl as timings_jsonl
@@ -91,6 +91,13 @@ if TYPE_CHECKING:
 # Remote names load asyncssh (~150 ms), so they are imported on first use: local jobs, the
 # job host on a remote machine and the command line's start-up never pay for it.
 _LAZY = {
+    # anyio and the job machinery load on first use too: the command line's --help, and
+    # code that only needs the errors or the models, start without them.
+    "emit": ("._context", "emit"),
+    "progress": ("._context", "progress"),
+    "stop_requested": ("._context", "stop_requested"),
+    "Job": ("._job", "Job"),
+    "JobManager": ("._manager", "JobManager"),
     "RemoteTimings": ("._remote", "RemoteTimings"),
     "timings_jsonl": ("._remote", "to_jsonl"),
     "Session": ("._ssh", "Session"),
