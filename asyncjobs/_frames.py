@@ -15,15 +15,19 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
+import anyio.lowlevel
 import attrs
-from anyio.abc import ByteReceiveStream, Process
+from anyio.abc import Process
 
 from . import _worker
 from ._errors import JobArgumentError
 from ._worker import HEADER
+
+if TYPE_CHECKING:
+    from ._job import Job
 
 #: How much to ask the pipe for at once: many small frames arrive in one read.
 CHUNK: Final = 1 << 18
@@ -34,6 +38,10 @@ class UndecodableFrame(Exception):
     import); the stream is still in step."""
 
 
+class Interrupted(Exception):
+    """A send or receive woken by ``Worker.interrupt()``: the worker's job is being stopped."""
+
+
 def encode(message: object) -> bytes:
     """One frame holding ``message``."""
     data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
@@ -42,28 +50,66 @@ def encode(message: object) -> bytes:
 
 @final
 class FrameReader:
-    """Length-prefixed frames from a byte stream, read in large chunks into one buffer.
+    """Length-prefixed frames from a non-blocking pipe (which it owns), read in large chunks
+    into one buffer.
 
     ``receive()`` is safe to cancel: bytes already read stay in the buffer for the next call.
-    A frame that does not unpickle raises, but is consumed: the next frame reads fine.
+    A frame that does not unpickle raises, but is consumed: the next frame reads fine. A read
+    that found data without waiting is followed by a checkpoint, so a fast producer cannot keep
+    the event loop to itself. ``interrupt()`` wakes a waiting ``receive()`` (and fails every
+    later one) with ``Interrupted``.
     """
 
-    __slots__ = ("_buffer", "_stream")
+    __slots__ = ("_buffer", "_fd", "_interrupted")
 
-    def __init__(self, stream: ByteReceiveStream) -> None:
-        self._stream = stream
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
         self._buffer = bytearray()
+        self._interrupted = False
 
-    async def receive(self) -> Any:
+    async def receive(self, *, fresh: bool = False) -> Any:
         """The next message; ``anyio.EndOfStream`` once the peer is gone (also mid-frame: a
-        torn frame means the peer died while writing it)."""
+        torn frame means the peer died while writing it). ``fresh``: the peer was just sent a
+        request, so let others run once before the first read (the answer is likely there by
+        then) rather than after it."""
         buffer = self._buffer
-        while len(buffer) < HEADER.size:
-            buffer += await self._stream.receive(CHUNK)
-        (size,) = HEADER.unpack_from(buffer)
-        end = HEADER.size + size
-        while len(buffer) < end:
-            buffer += await self._stream.receive(max(CHUNK, end - len(buffer)))
+        waited = False
+        if fresh and not buffer:
+            await anyio.lowlevel.checkpoint()
+            waited = True
+        while True:
+            have = len(buffer)
+            if have >= HEADER.size:
+                (size,) = HEADER.unpack_from(buffer)
+                end = HEADER.size + size
+                if have >= end:
+                    break
+                want = max(CHUNK, end - have)
+            else:
+                want = CHUNK
+            if self._interrupted:
+                raise Interrupted
+            if self._fd < 0:
+                raise anyio.ClosedResourceError
+            try:
+                chunk = os.read(self._fd, want)
+            except BlockingIOError:
+                try:
+                    await anyio.wait_readable(self._fd)
+                except anyio.ClosedResourceError:
+                    if self._interrupted:
+                        raise Interrupted from None
+                    raise
+                waited = True
+                continue
+            except OSError as exc:  # EIO and the like: the pipe is no good any more
+                raise anyio.BrokenResourceError from exc
+            if not chunk:
+                raise anyio.EndOfStream
+            buffer += chunk
+            if not waited:
+                await anyio.lowlevel.checkpoint()
+                waited = True
         data = buffer[HEADER.size : end]
         del buffer[:end]  # consumed even if it does not unpickle: the stream stays in step
         try:
@@ -71,9 +117,21 @@ class FrameReader:
         except Exception as exc:
             raise UndecodableFrame(f"{type(exc).__name__}: {exc}") from exc
 
+    def interrupt(self) -> None:
+        if not self._interrupted:
+            self._interrupted = True
+            if self._fd >= 0:
+                anyio.notify_closing(self._fd)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            anyio.notify_closing(fd)
+            os.close(fd)
+
     @property
     def buffered(self) -> int:
-        """Bytes read from the stream but not yet returned as a message."""
+        """Bytes read from the pipe but not yet returned as a message."""
         return len(self._buffer)
 
 
@@ -205,51 +263,134 @@ def preparation_data() -> dict[str, Any]:
 
 
 async def spawn_worker() -> Worker:
-    """Start a worker process in its own session (its process group dies with it)."""
+    """Start a worker process in its own session (its process group dies with it).
+
+    Its stdin and stdout are pipes of our own, non-blocking on our side: a frame is written with
+    one ``os.write`` and read with ``os.read``, with no stream object or checkpoint per frame.
+    """
     preamble = encode(preparation_data())  # first: it raises in a worker's half-run __main__
-    with anyio.CancelScope(shield=True):  # never lose a process half-started
-        process = await anyio.open_process(
-            worker_argv(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,
-            start_new_session=True,
-        )
-    return Worker(process, preamble)
+    child_in, to_child = os.pipe()
+    try:
+        from_child, child_out = os.pipe()
+    except BaseException:
+        os.close(child_in)
+        os.close(to_child)
+        raise
+    try:
+        with anyio.CancelScope(shield=True):  # never lose a process half-started
+            process = await anyio.open_process(
+                worker_argv(),
+                stdin=child_in,
+                stdout=child_out,
+                stderr=None,
+                start_new_session=True,
+            )
+    except BaseException:
+        os.close(to_child)
+        os.close(from_child)
+        raise
+    finally:
+        os.close(child_in)
+        os.close(child_out)
+    os.set_blocking(to_child, False)
+    os.set_blocking(from_child, False)
+    return Worker(process, from_child, to_child, preamble)
 
 
 @final
 class Worker:
-    """One worker process and its two pipes; it runs one job at a time.
+    """One worker process and the two pipes to it; it runs one job at a time.
 
     ``busy`` is True from sending a job until its final frame arrived: a worker stopped while
     busy is out of step with the protocol and can only be killed.
     """
 
-    __slots__ = ("_frames", "_preamble", "busy", "jobs", "pid", "process")
+    __slots__ = (
+        "_preamble",
+        "_unsent",
+        "_wfd",
+        "busy",
+        "frames",
+        "interrupted",
+        "jobs",
+        "pid",
+        "process",
+    )
 
-    def __init__(self, process: Process, preamble: bytes) -> None:
-        assert process.stdout is not None
+    def __init__(self, process: Process, rfd: int, wfd: int, preamble: bytes) -> None:
         self.process = process
         self.pid = process.pid
-        self._frames = FrameReader(process.stdout)
+        self.frames = FrameReader(rfd)  # the worker's stdout, non-blocking
+        self._wfd = wfd  # the worker's stdin, non-blocking; -1 once closed
         self._preamble = preamble  # the preparation frame, sent along with the first job
+        self._unsent: bytes | memoryview = b""  # what write() left to flush()
         self.busy = False
+        self.interrupted = False
         self.jobs = 0
 
     @property
     def alive(self) -> bool:
         return self.process.returncode is None
 
-    async def send(self, frame: bytes) -> None:
-        assert self.process.stdin is not None
+    def write(self, frame: bytes) -> bool:
+        """Start sending one frame (the first one goes with the preparation data) with no
+        await: True if it was written whole, else finish it with ``flush()``."""
         self.busy = True
         self.jobs += 1
-        data, self._preamble = self._preamble + frame, b""
-        await self.process.stdin.send(data)
+        if self._preamble:
+            frame, self._preamble = self._preamble + frame, b""
+        self._unsent = frame
+        return self._write()
 
-    async def receive(self) -> Any:
-        return await self._frames.receive()
+    def _write(self) -> bool:
+        if self.interrupted:
+            raise Interrupted
+        if self._wfd < 0:
+            raise anyio.ClosedResourceError
+        data = self._unsent
+        try:
+            done = os.write(self._wfd, data)
+        except BlockingIOError:
+            done = 0
+        except OSError as exc:  # EPIPE: the worker closed its end (it died)
+            raise anyio.BrokenResourceError from exc
+        self._unsent = memoryview(data)[done:] if done < len(data) else b""
+        return not self._unsent
+
+    async def flush(self) -> None:
+        """Write the rest of the frame ``write()`` started, as the pipe makes room.
+        ``anyio.BrokenResourceError`` if the worker is gone."""
+        while not self._write():
+            try:
+                await anyio.wait_writable(self._wfd)
+            except anyio.ClosedResourceError:
+                if self.interrupted:
+                    raise Interrupted from None
+                raise
+
+    def interrupt(self) -> None:
+        """Wake a send or receive waiting on this worker with ``Interrupted``, and fail every
+        later one: its job is being stopped, and the worker, out of step, is to be killed."""
+        if not self.interrupted:
+            self.interrupted = True
+            self.frames.interrupt()
+            if self._wfd >= 0:
+                anyio.notify_closing(self._wfd)
+
+    def interrupt_on_stop(self, job: Job) -> None:
+        """A job state listener: ``interrupt()`` once ``stop()`` is called on the job."""
+        if job.stop_requested:
+            self.interrupt()
+
+    def _close_stdin(self) -> None:
+        fd, self._wfd = self._wfd, -1
+        if fd >= 0:
+            anyio.notify_closing(fd)
+            os.close(fd)
+
+    def _close_pipes(self) -> None:
+        self._close_stdin()
+        self.frames.close()
 
     def signal_group(self, signum: int) -> None:
         """Signal the worker's process group: the worker and whatever it started."""
@@ -262,18 +403,18 @@ class Worker:
             if self.alive:
                 self.signal_group(signal.SIGTERM)
                 await self._wait_then_kill(grace)
+            self._close_pipes()
             await self.process.aclose()
 
     async def close(self, grace: float) -> None:
         """Let an idle worker exit on its own (EOF on its stdin); kill it if it does not."""
         with anyio.CancelScope(shield=True):
-            assert self.process.stdin is not None
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await self.process.stdin.aclose()
+            self._close_stdin()
             if self.alive:
                 await self._wait_then_kill(grace)
             else:  # it ended just now (reaped by that very check, on trio)
                 self.signal_group(signal.SIGKILL)
+            self._close_pipes()
             await self.process.aclose()
 
     async def wait_dead(self, grace: float) -> int | None:

@@ -166,17 +166,14 @@ class JobManager:
         that exits afterwards: full isolation, at the cost of a Python start-up per job.
         ``fn`` and its arguments must be picklable (a module-level function, not a lambda).
         """
-        tg = self._open_group()
+        self._open_group()
         _check_callable(fn, "start_process")
         call = _process.prepare_call(fn, args, kwargs, cwd=cwd, env=env)
+        await anyio.lowlevel.checkpoint()  # cancelled here: no job made
+        tg = self._open_group()
         job = self._new_job(name, "BackgroundJob", _describe(fn), buffer)
         assert self._process_slots is not None and self._workers is not None
-        workers = self._workers
-
-        async def body(started: Callable[[], None]) -> None:
-            await _process.run_process(job, call, workers, started, isolated=isolated)
-
-        await tg.start(run_in_slot, job, self._process_slots, body)
+        await self._workers.start(job, call, self._process_slots, tg, isolated=isolated)
         return job
 
     async def start_command(
