@@ -39,6 +39,7 @@ from ._protocol import (
     parse_result,
 )
 from ._state import JobState
+from ._util import Opener
 
 _PAGE: Final = 50_000  # records per request when draining
 Buffering = Literal["block", "drop"]
@@ -417,64 +418,35 @@ async def open_host_session(
     return HostSession(HostConnection(frames, reply), location)
 
 
-@final
-class _LocalOpener:
-    """What ``connect_local()`` returns: ``await`` it or ``async with`` it."""
-
-    def __init__(
-        self,
-        name: str | None,
-        directory: Path | None,
-        idle_timeout: float | None,
-        output_buffering: Buffering | None,
-        create: bool = True,
-    ) -> None:
-        self._name = name
-        self._create = create
-        self._directory = directory
-        self._idle_timeout = idle_timeout
-        self._output_buffering = output_buffering
-        self._session: HostSession | None = None
-
-    async def _open(self) -> HostSession:
-        # A host that is dying (killed) or still starting can reset a fresh connection:
-        # try again a few times, each through connect_socket (which starts a host if needed).
-        for attempt in range(5):
-            stream = await connect_socket(self._directory or host_dir())
-            try:
-                return await open_host_session(
-                    stream,
-                    name=self._name,
-                    create=self._create,
-                    location="localhost",
-                    idle_timeout=self._idle_timeout,
-                    output_buffering=self._output_buffering,
-                )
-            except (anyio.BrokenResourceError, anyio.EndOfStream, ConnectionError):
-                await stream.aclose()
-                if attempt == 4:
-                    raise
-                await anyio.sleep(0.1 * (attempt + 1))
-            except BaseException:
-                await stream.aclose()
+async def _open_local(
+    name: str | None,
+    directory: Path | None,
+    idle_timeout: float | None,
+    output_buffering: Buffering | None,
+    create: bool,
+) -> HostSession:
+    # A host that is dying (killed) or still starting can reset a fresh connection:
+    # try again a few times, each through connect_socket (which starts a host if needed).
+    for attempt in range(5):
+        stream = await connect_socket(directory or host_dir())
+        try:
+            return await open_host_session(
+                stream,
+                name=name,
+                create=create,
+                location="localhost",
+                idle_timeout=idle_timeout,
+                output_buffering=output_buffering,
+            )
+        except (anyio.BrokenResourceError, anyio.EndOfStream, ConnectionError):
+            await stream.aclose()
+            if attempt == 4:
                 raise
-        raise AssertionError("unreachable")
-
-    def __await__(self) -> Any:
-        return self._open().__await__()
-
-    async def __aenter__(self) -> HostSession:
-        self._session = await self._open()
-        return self._session
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._session is not None:
-            await self._session.disconnect()
+            await anyio.sleep(0.1 * (attempt + 1))
+        except BaseException:
+            await stream.aclose()
+            raise
+    raise AssertionError("unreachable")
 
 
 def connect_local(
@@ -484,7 +456,7 @@ def connect_local(
     output_buffering: Buffering | None = None,
     create: bool = True,
     directory: Path | None = None,
-) -> _LocalOpener:
+) -> Opener[HostSession]:
     """A session on this machine's job host (started on first use, detached from the caller).
 
     Jobs started through ``session.jobs`` outlive this process; ``connect_local(name=...)``
@@ -493,7 +465,10 @@ def connect_local(
     ``idle_timeout`` (seconds a disconnected session waits before its jobs are stopped) and
     ``output_buffering`` (``"block"`` or ``"drop"`` while disconnected) apply to a new session.
     """
-    return _LocalOpener(name, directory, idle_timeout, output_buffering, create)
+    return Opener(
+        lambda: _open_local(name, directory, idle_timeout, output_buffering, create),
+        HostSession.disconnect,
+    )
 
 
 async def get_local_sessions(directory: Path | None = None) -> list[SessionInfo]:

@@ -13,7 +13,7 @@ import functools
 import random
 import socket
 import time
-from collections.abc import Awaitable, Generator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
@@ -30,6 +30,7 @@ from ._errors import (
     ProtocolError,
 )
 from ._targets import Target
+from ._util import Opener
 
 if TYPE_CHECKING:
     from ._hostclient import HostJobs
@@ -346,32 +347,6 @@ def _check_max_channels(value: object) -> int:
     return value
 
 
-@final
-class _SessionOpener:
-    """What ``connect()`` returns: ``await`` it for a Session, or use it with ``async with``
-    (asyncssh's ``async_context_manager`` pattern)."""
-
-    def __init__(self, opening: Awaitable[Session]) -> None:
-        self._opening = opening
-        self._session: Session | None = None
-
-    def __await__(self) -> Generator[Any, None, Session]:
-        return self._opening.__await__()
-
-    async def __aenter__(self) -> Session:
-        self._session = await self._opening
-        return self._session
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
 def connect(
     host: str,
     port: int = 22,
@@ -380,7 +355,7 @@ def connect(
     *,
     max_channels: int = DEFAULT_MAX_CHANNELS,
     **ssh_options: Any,
-) -> _SessionOpener:
+) -> Opener[Session]:
     """Open a persistent session to ``host`` (New-PSSession): ``await`` it or ``async with`` it.
 
     ``host`` may also be a target string (``user@host:port``). Every asyncssh client option
@@ -406,4 +381,4 @@ def connect(
             options=ssh_options,
         )
 
-    return _SessionOpener(opening())
+    return Opener(opening, Session.close)

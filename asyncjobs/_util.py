@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Generator
+from types import TracebackType
+from typing import Any, Generic, NoReturn, TypeVar, final
 
 T = TypeVar("T")
 
@@ -30,3 +32,33 @@ def fixup_module_metadata(module_name: str, namespace: dict[str, Any]) -> None:
             continue
         if isinstance(obj, type) or callable(obj):
             obj.__module__ = module_name
+
+
+@final
+class Opener(Generic[T]):
+    """What ``connect()`` and ``connect_local()`` return: ``await`` it for the session, or use it
+    with ``async with``, which closes the session at the end (asyncssh's
+    ``async_context_manager`` pattern). Nothing is opened until one of the two happens."""
+
+    def __init__(
+        self, open: Callable[[], Awaitable[T]], close: Callable[[T], Awaitable[None]]
+    ) -> None:
+        self._open = open
+        self._close = close
+        self._value: T | None = None
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> T:
+        self._value = await self._open()
+        return self._value
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._value is not None:
+            await self._close(self._value)

@@ -7,8 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -55,5 +58,37 @@ def reap_pids() -> Iterator[list[int]]:
 
 
 __all__ = ["pid_alive", "python", "subprocess"]
+
+
+def host_pid(directory: Path) -> int | None:
+    """The pid of the job host serving ``directory`` (from its lock file), if any."""
+    try:
+        text = (directory / "host.lock").read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text else None
+
+
+@pytest.fixture
+def hostdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private job host directory (short: socket paths are limited); the host that served
+    it is stopped (TERM, then KILL, by its pid) and the directory removed at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="ajh", dir="/tmp"))
+    monkeypatch.setenv("ASYNCJOBS_HOST_DIR", str(directory))
+    monkeypatch.setenv("ASYNCJOBS_HOST_IDLE_EXIT", "60")
+    yield directory
+    pid = host_pid(directory)
+    if pid is not None and pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    log = directory / "host.log"
+    if log.exists():
+        print(log.read_text())  # shown when the test failed
+    subprocess.run(["rm", "-rf", str(directory)], check=False)
+
 
 from tests.ssh_fixtures import *  # noqa: E402, F403

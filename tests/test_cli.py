@@ -29,7 +29,7 @@ from asyncjobs._cli._fastget import read_jobs
 from asyncjobs._cli._hosts import parse_hosts
 from asyncjobs._cli._output import host_job_json
 from asyncjobs._hostclient import connect_local
-from tests.conftest import pid_alive
+from tests.conftest import host_pid, pid_alive
 from tests.testhosts import TestHosts
 
 DOC_KEYS = {"schema", "command", "ok", "exit_status", "jobs", "records", "sessions", "error"}
@@ -96,33 +96,6 @@ def one_error_line(run: Run, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
-
-
-def host_pid(directory: Path) -> int | None:
-    try:
-        text = (directory / "host.lock").read_text().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text else None
-
-
-@pytest.fixture
-def hostdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private job host directory (short: socket paths are limited); its host is stopped
-    (TERM, then KILL) at the end."""
-    directory = Path(tempfile.mkdtemp(prefix="ajc", dir="/tmp"))
-    monkeypatch.setenv("ASYNCJOBS_HOST_DIR", str(directory))
-    monkeypatch.setenv("ASYNCJOBS_HOST_IDLE_EXIT", "60")
-    yield directory
-    pid = host_pid(directory)
-    if pid is not None and pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    subprocess.run(["rm", "-rf", str(directory)], check=False)
 
 
 def ssh_args(hosts: TestHosts) -> list[str]:

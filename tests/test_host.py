@@ -10,10 +10,7 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -21,39 +18,9 @@ import pytest
 
 from asyncjobs import AsyncJobsError, JobState, JobStateError, NoSuchJob, ProtocolError
 from asyncjobs._hostclient import connect_local, get_local_sessions
-from tests.conftest import pid_alive
+from tests.conftest import host_pid, pid_alive
 
 pytestmark = pytest.mark.anyio
-
-
-def host_pid(directory: Path) -> int | None:
-    try:
-        text = (directory / "host.lock").read_text().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text else None
-
-
-@pytest.fixture
-def hostdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private job host directory (short: socket paths are limited); its host is stopped
-    (TERM, then KILL) at the end."""
-    directory = Path(tempfile.mkdtemp(prefix="ajh", dir="/tmp"))
-    monkeypatch.setenv("ASYNCJOBS_HOST_DIR", str(directory))
-    monkeypatch.setenv("ASYNCJOBS_HOST_IDLE_EXIT", "60")
-    yield directory
-    pid = host_pid(directory)
-    if pid is not None and pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    log = directory / "host.log"
-    if log.exists():
-        print(log.read_text())  # shown when the test failed
-    subprocess.run(["rm", "-rf", str(directory)], check=False)
 
 
 def child(code: str, directory: Path) -> subprocess.Popen[str]:
