@@ -10,7 +10,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -92,3 +92,13 @@ def hostdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 from tests.ssh_fixtures import *  # noqa: E402, F403
+
+
+async def eventually(condition: Callable[[], object], *, timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` is true, polling, and fail the test if ``timeout`` passes
+    first: for facts no event announces (a process appearing, a counter reaching a value)."""
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.005)

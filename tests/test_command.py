@@ -32,26 +32,22 @@ from asyncjobs._lines import MAX_LINE, Line, LineSplitter, input_chunks
 from asyncjobs._log import RecordLog
 from asyncjobs._runner import Body, run_in_slot
 
-from .conftest import pid_alive, python
+from .conftest import eventually, pid_alive, python
 
 pytestmark = pytest.mark.anyio
 
 
 async def first_output(job: Job) -> str:
     """The job's first output line, without consuming it."""
-    with anyio.fail_after(10):
-        while not (records := job.read_records(streams=["output"], limit=1)):
-            await anyio.sleep(0.01)
-    value = records[0].value
+    await eventually(lambda: job.read_records(streams=["output"], limit=1), timeout=10)
+    value = job.read_records(streams=["output"], limit=1)[0].value
     assert isinstance(value, str)
     return value
 
 
 async def until_dead(pid: int) -> None:
     """A grandchild is killed, not reaped by us: give the kernel a moment to finish it."""
-    with anyio.fail_after(5):
-        while pid_alive(pid):
-            await anyio.sleep(0.01)
+    await eventually(lambda: not pid_alive(pid), timeout=5)
 
 
 def buffer_stats(job: Job) -> BufferStatistics:
@@ -554,9 +550,7 @@ async def test_block_mode_holds_the_program_until_a_consumer_drains(reap_pids: l
         job = await jobs.start_command(python(code), buffer=Buffer(max_items=10, mode="block"))
         pid = int(await first_output(job))
         reap_pids.append(pid)
-        with anyio.fail_after(10):
-            while buffer_stats(job).blocked_producers == 0:
-                await anyio.sleep(0.01)
+        await eventually(lambda: buffer_stats(job).blocked_producers != 0, timeout=10)
         await anyio.sleep(0.3)  # unheld, the program would finish in far less
         stats = buffer_stats(job)
         assert (stats.items, stats.next_seq) == (10, 10)  # reading stopped at the bound
@@ -572,9 +566,7 @@ async def test_stop_while_block_mode_holds_the_program(reap_pids: list[int]) -> 
     async with JobManager() as jobs:
         job = await jobs.start_command(python(code), buffer=Buffer(max_items=5, mode="block"))
         reap_pids.append(int(await first_output(job)))
-        with anyio.fail_after(10):
-            while buffer_stats(job).blocked_producers == 0:
-                await anyio.sleep(0.01)
+        await eventually(lambda: buffer_stats(job).blocked_producers != 0, timeout=10)
         with anyio.fail_after(5):
             await job.stop()
         assert job.state is JobState.STOPPED

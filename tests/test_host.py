@@ -18,7 +18,7 @@ import pytest
 
 from asyncjobs import AsyncJobsError, JobState, JobStateError, NoSuchJob, ProtocolError
 from asyncjobs._hostclient import connect_local, get_local_sessions
-from tests.conftest import host_pid, pid_alive
+from tests.conftest import eventually, host_pid, pid_alive
 
 pytestmark = pytest.mark.anyio
 
@@ -147,9 +147,7 @@ async def test_sigkilled_host_restarts_with_its_store_intact(hostdir: Path) -> N
     pid = host_pid(hostdir)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    with anyio.fail_after(10):
-        while pid_alive(pid):
-            await anyio.sleep(0.02)
+    await eventually(lambda: not pid_alive(pid), timeout=10)
     async with connect_local(name="a", create=False) as s:  # starts a new host
         assert host_pid(hostdir) != pid
         assert await s.jobs.receive(done, keep=True) == ["kept"]
@@ -304,9 +302,7 @@ async def test_a_clean_stop_of_the_host_records_its_jobs_as_stopped(hostdir: Pat
     pid = host_pid(hostdir)
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
-    with anyio.fail_after(20):
-        while pid_alive(pid):
-            await anyio.sleep(0.02)
+    await eventually(lambda: not pid_alive(pid), timeout=20)
     async with connect_local(name="c", create=False) as s:
         info = await s.jobs.job(job)
         assert info.state is JobState.STOPPED and info.reason is None

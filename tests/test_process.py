@@ -34,7 +34,7 @@ from asyncjobs import (
     RemoteError,
 )
 from asyncjobs._process import WorkerPool
-from tests.conftest import pid_alive
+from tests.conftest import eventually, pid_alive
 
 pytestmark = pytest.mark.anyio
 
@@ -213,9 +213,7 @@ async def test_block_mode_holds_the_child_at_the_pipe(tmp_path: Path) -> None:
         job = await jobs.start_process(
             big_items, n, size, str(progress), buffer=Buffer(max_items=1, mode="block")
         )
-        with anyio.fail_after(10):
-            while job.statistics().buffer.blocked_producers == 0:
-                await anyio.sleep(0.01)
+        await eventually(lambda: job.statistics().buffer.blocked_producers != 0, timeout=10)
         assert job.state is JobState.RUNNING
         produced = int(progress.read_text() or 0) if progress.exists() else 0
         assert produced < n // 2, f"the child ran ahead by {produced} items of {n}"
@@ -460,9 +458,7 @@ async def test_nothing_a_job_left_running_outlives_the_manager(reap_pids: list[i
         (grandchild,) = await (await jobs.start_process(leaves_a_grandchild))
         reap_pids.append(grandchild)
         assert pid_alive(grandchild)
-    with anyio.fail_after(10):
-        while pid_alive(grandchild):
-            await anyio.sleep(0.01)
+    await eventually(lambda: not pid_alive(grandchild), timeout=10)
 
 
 async def test_a_pool_reaps_every_worker_it_started() -> None:

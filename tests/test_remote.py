@@ -20,6 +20,7 @@ from asyncjobs import (
     JobManager,
     JobState,
 )
+from tests.conftest import eventually
 from tests.testhosts import TestHosts
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
@@ -123,9 +124,7 @@ async def test_stop_kills_the_remote_group_with_its_children(
         job = await jobs.invoke(
             [session], f"{sleeper(word, 1000)} & {sleeper(word, 1001)}; echo never"
         )
-        with anyio.fail_after(10):
-            while len(ssh_hosts.pgrep(0, word)) < 3:
-                await anyio.sleep(0.02)
+        await eventually(lambda: len(ssh_hosts.pgrep(0, word)) >= 3, timeout=10)
         with anyio.fail_after(15):
             await job.stop()
         assert job.state is JobState.STOPPED
@@ -260,9 +259,7 @@ async def test_block_mode_holds_the_remote_producer(
             [session], f"yes {word}", buffer=Buffer(max_items=100, max_bytes=None, mode="block")
         )
         child = job.children[0]
-        with anyio.fail_after(10):
-            while child.statistics().buffer.blocked_producers == 0:
-                await anyio.sleep(0.02)
+        await eventually(lambda: child.statistics().buffer.blocked_producers != 0, timeout=10)
         first = child.statistics().buffer.next_seq
         await anyio.sleep(0.3)
         # The reader is held, so the SSH window fills and `yes` on the host blocks: no growth.

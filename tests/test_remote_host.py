@@ -15,6 +15,7 @@ import pytest
 import asyncjobs
 from asyncjobs import JobState
 from asyncjobs._runtime import build_runtime
+from tests.conftest import eventually
 from tests.testhosts import TestHosts
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
@@ -152,9 +153,7 @@ async def test_a_named_session_job_is_disconnected_then_resumes_losing_nothing(
                     got.append(line)
                     if len(got) == 50:
                         remote.cut_link(0)  # the network to the host is gone
-                        with anyio.fail_after(20):
-                            while child.state is not JobState.DISCONNECTED:
-                                await anyio.sleep(0.02)
+                        await eventually(lambda: child.state is JobState.DISCONNECTED, timeout=20)
                         assert job.state is JobState.DISCONNECTED
                         remote.restart(0)  # and back
             assert got == [str(i) for i in range(400)]

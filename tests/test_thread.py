@@ -12,6 +12,7 @@ from anyio.lowlevel import checkpoint
 
 import asyncjobs
 from asyncjobs import Buffer, JobFailed, JobManager, JobState, JobStopped, StateChange
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -196,9 +197,7 @@ async def test_generator_is_stopped_at_its_next_yield() -> None:
 async def test_block_mode_holds_a_thread_producer() -> None:
     async with JobManager() as jobs:
         job = await jobs.start_thread(async_gen, 100, buffer=Buffer(max_items=5, mode="block"))
-        with anyio.fail_after(10):
-            while job.statistics().buffer.blocked_producers == 0:
-                await anyio.sleep(0.01)
+        await eventually(lambda: job.statistics().buffer.blocked_producers != 0, timeout=10)
         stats = job.statistics().buffer
         assert stats.items == 5 and job.state is JobState.RUNNING
         assert [x async for x in job.stream()] == list(range(100))
@@ -237,9 +236,7 @@ async def test_thread_limit_queues_jobs_in_not_started() -> None:
         started = [await jobs.start_thread(in_slot, active, peak, lock, go) for _ in range(4)]
         assert [j.state for j in started] == [JobState.RUNNING] * 2 + [JobState.NOT_STARTED] * 2
         assert jobs.statistics().threads_in_use == 2
-        with anyio.fail_after(10):
-            while active[0] < 2:
-                await anyio.sleep(0.005)
+        await eventually(lambda: active[0] >= 2, timeout=10)
         go.set()
         assert len(await jobs.wait(*started, timeout=10)) == 4
     assert peak[0] == 2
@@ -327,9 +324,7 @@ def emit_forever() -> None:
 async def test_stop_frees_a_producer_held_by_block_mode() -> None:
     async with JobManager() as jobs:
         job = await jobs.start_thread(emit_forever, buffer=Buffer(max_items=3, mode="block"))
-        with anyio.fail_after(10):
-            while job.statistics().buffer.blocked_producers == 0:
-                await anyio.sleep(0.005)
+        await eventually(lambda: job.statistics().buffer.blocked_producers != 0, timeout=10)
         with anyio.fail_after(10):
             await job.stop()
         assert job.state is JobState.STOPPED
