@@ -153,6 +153,7 @@ class JobHost:
         self._last_activity = time.monotonic()
         self._manager: JobManager | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._job_finished = anyio.Event()  # set (and replaced) whenever a job's done is set
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -353,31 +354,38 @@ class JobHost:
     ) -> JobInfo:
         assert self._manager is not None and self._tg is not None
         display = command if isinstance(command, str) else " ".join(command)
-        row = self.store.new_job(
-            session=session.name,
-            name=name,
-            kind="BackgroundJob",
-            command=display,
-            location=os.uname().nodename,
-            instance_id=str(uuid.uuid4()),
+        # The job is named and started first, then added to the store in one write, as it is
+        # then (Running, or NotStarted while it waits for a process slot).
+        job_id = self.store.reserve_job_id()
+        local = await self._manager.start_command(
+            command,
+            name=f"Job{job_id}" if name is None else name,
+            cwd=cwd,
+            env=env,
+            input=input,
+            buffer=Buffer(max_items=4096, max_bytes=8 * 1024 * 1024, mode="block"),
         )
         try:
-            local = await self._manager.start_command(
-                command,
-                name=row.name,
-                cwd=cwd,
-                env=env,
-                input=input,
-                buffer=Buffer(max_items=4096, max_bytes=8 * 1024 * 1024, mode="block"),
+            row = self.store.new_job(
+                session=session.name,
+                name=name,
+                kind="BackgroundJob",
+                command=display,
+                location=os.uname().nodename,
+                instance_id=str(uuid.uuid4()),
+                job_id=job_id,
+                state=local.state.value,
+                started_at=local.started_at,
             )
-        except AsyncJobsError:
-            self.store.delete_job(row.id)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await local.stop()
+                await self._manager.remove(local)
             raise
         job = _HostJob(row.id, session.name, local)
         self._jobs[row.id] = job
         self._tg.start_soon(self._persist, job)
-        self.store.update_job(row.id, state=local.state.value, started_at=local.started_at)
-        return self._info(self._row(row.id))
+        return self._info(row)
 
     async def _persist(self, job: _HostJob) -> None:
         """Move the job's records from memory to the store; write its final state last."""
@@ -410,6 +418,8 @@ class JobHost:
             finished_at=local.finished_at,
         )
         job.done.set()
+        self._job_finished.set()
+        self._job_finished = anyio.Event()
         job.wake_readers()
         if self._manager is not None and local in self._manager:
             await self._manager.remove(local)  # the store has it all now
@@ -440,7 +450,7 @@ class JobHost:
 
     def _info(self, row: JobRow) -> JobInfo:
         finished = row.state not in _ACTIVE
-        more = not finished or self.store.unreceived(row.id) > 0
+        more = not finished or row.unreceived > 0
         return JobInfo(
             id=row.id,
             instance_id=row.instance_id,
@@ -497,15 +507,26 @@ class JobHost:
         any: bool = False,
         timeout: float | None = None,
     ) -> list[JobInfo]:
-        rows = [self._row(j) for j in jobs] or self.store.jobs(session.name)
+        if jobs:
+            found = self.store.jobs_by_id(jobs)
+            for job_id, maybe in zip(jobs, found, strict=True):
+                if maybe is None:
+                    self._row(job_id)  # raises NoSuchJob
+            rows = [r for r in found if r is not None]
+        else:
+            rows = self.store.jobs(session.name)
+        # A job this host runs is finished once its done is set (its final state is stored
+        # then); any other job's stored state does not change, unless it is removed meanwhile.
+        settled = {r.id for r in rows if r.state not in _ACTIVE}
+
+        def is_finished(job_id: int) -> bool:
+            host_job = self._jobs.get(job_id)
+            if host_job is not None:
+                return host_job.done.is_set()
+            return job_id in settled or self._row(job_id).state not in _ACTIVE
 
         def finished() -> list[int]:
-            return [
-                r.id
-                for r in rows
-                if (r.id not in self._jobs or self._jobs[r.id].done.is_set())
-                and self._row(r.id).state not in _ACTIVE
-            ]
+            return [r.id for r in rows if is_finished(r.id)]
 
         with anyio.move_on_after(timeout):
             while True:
@@ -519,15 +540,15 @@ class JobHost:
                 ]
                 if not waiting:
                     break
-                async with anyio.create_task_group() as tg:
-
-                    async def first(event: anyio.Event) -> None:
-                        await event.wait()
-                        tg.cancel_scope.cancel()
-
-                    for event in waiting:
-                        tg.start_soon(first, event)
-        return [self._info(self._row(j)) for j in finished()]
+                if any:
+                    await self._job_finished.wait()
+                else:
+                    await waiting[0].wait()
+        ids = finished()
+        infos = []
+        for job_id, maybe in zip(ids, self.store.jobs_by_id(ids), strict=True):
+            infos.append(self._info(maybe if maybe is not None else self._row(job_id)))
+        return infos
 
     async def _op_read(
         self,

@@ -72,7 +72,8 @@ _CUR: Final = ", ".join(f"c_{s}" for s in _CODES)  # receive-once cursors
 _PEND: Final = ", ".join(f"n_{s}" for s in _CODES)  # unreceived records per stream
 _JOB: Final = (
     "SELECT id, instance_id, session, name, kind, command, location, state, reason, exit_status, "
-    f"started_at, finished_at, next_seq, dropped, pid, created_at, {_CUR} FROM jobs"
+    f"started_at, finished_at, next_seq, dropped, pid, created_at, {_CUR}, "
+    f"{' + '.join(f'n_{s}' for s in _CODES)} FROM jobs"
 )
 _SCHEMA: Final = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -124,7 +125,8 @@ class SessionRow:
 class JobRow:
     """A job on the job host, as stored. ``state`` is a ``JobState`` value (``"Running"``);
     ``next_seq`` is the seq the next record gets (= records stored); ``cursors[s]`` is stream
-    ``s``'s receive-once cursor (its records below it are received)."""
+    ``s``'s receive-once cursor (its records below it are received); ``unreceived`` counts the
+    records of every stream not received yet (what ``Store.unreceived`` returns)."""
 
     id: int
     instance_id: str
@@ -143,6 +145,7 @@ class JobRow:
     dropped: int
     pid: int | None
     created_at: float
+    unreceived: int = 0
 
 
 @attrs.frozen
@@ -166,7 +169,7 @@ class StoreStatistics:
 
 
 def _job_row(r: Sequence[Any]) -> JobRow:
-    fields = [*r[:13], dict(zip(_CODES, r[16:], strict=True)), *r[13:16]]
+    fields = [*r[:13], dict(zip(_CODES, r[16:23], strict=True)), *r[13:16], r[23]]
     return JobRow(*fields)
 
 
@@ -260,6 +263,7 @@ class Store:
         self._pool_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []  # reader connections not in use
         self._closed = False
+        self._last_id = 0  # the greatest job id this store gave out or reserved
 
     @classmethod
     def open(cls, path: Path | str) -> Store:
@@ -418,21 +422,41 @@ class Store:
 
     # -- jobs --------------------------------------------------------------------------------
 
+    def reserve_job_id(self) -> int:
+        """An id for ``new_job(job_id=...)`` to add a job under later (a job host names and
+        starts the job first, then adds it in one write): greater than every id this store has
+        given out, so never one used before as long as this ``Store`` is the only writer."""
+        with self._lock, self._sqlite_errors():
+            if not self._last_id:
+                (self._last_id,) = self._writer.execute(
+                    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0),"
+                    " coalesce((SELECT max(id) FROM jobs), 0))"
+                ).fetchone()
+            self._last_id += 1
+            return self._last_id
+
     def new_job(
         self, *, session: str, name: str | None = None, kind: str, command: str, location: str,
-        instance_id: str,
+        instance_id: str, job_id: int | None = None, state: str = "NotStarted",
+        started_at: float | None = None,
     ) -> JobRow:  # fmt: skip
-        """Add a job in state ``NotStarted``, named ``Job<id>`` unless ``name`` is given. Ids are
+        """Add a job in ``state`` (``NotStarted`` unless given), named ``Job<id>`` unless
+        ``name`` is given, with id ``job_id`` (from ``reserve_job_id``) or the next one. Ids are
         never reused, even after a delete (AUTOINCREMENT)."""
+        if state not in {s.value for s in JobState}:
+            raise JobArgumentError(f"new_job: state={state!r} is not a JobState value")
         with self._writing() as conn:
-            job_id = conn.execute(
-                "INSERT INTO jobs (instance_id, session, name, kind, command, location, state, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, 'NotStarted', ?)",
-                (instance_id, session, name or "", kind, command, location, time.time()),
-            ).lastrowid
+            inserted = conn.execute(
+                "INSERT INTO jobs (id, instance_id, session, name, kind, command, location, "
+                "state, started_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, instance_id, session, name or "", kind, command, location, state,
+                 started_at, time.time()),
+            ).lastrowid  # fmt: skip
+            assert inserted is not None
+            self._last_id = max(self._last_id, inserted)
             if name is None:
-                conn.execute("UPDATE jobs SET name = ? WHERE id = ?", (f"Job{job_id}", job_id))
-            return _job_row(conn.execute(f"{_JOB} WHERE id = ?", (job_id,)).fetchone())
+                conn.execute("UPDATE jobs SET name = ? WHERE id = ?", (f"Job{inserted}", inserted))
+            return _job_row(conn.execute(f"{_JOB} WHERE id = ?", (inserted,)).fetchone())
 
     def update_job(self, job_id: int, **fields: Any) -> JobRow:
         """Change some of ``state``, ``reason``, ``exit_status``, ``started_at``,
@@ -459,6 +483,14 @@ class Store:
         with self._reading() as conn:
             r = conn.execute(f"{_JOB} WHERE id = ?", (job_id,)).fetchone()
         return None if r is None else _job_row(r)
+
+    def jobs_by_id(self, ids: Sequence[int]) -> list[JobRow | None]:
+        """The rows of jobs ``ids``, in that order (None for a job that is not there), read in
+        one transaction."""
+        query = f"{_JOB} WHERE id = ?"
+        with self._reading() as conn:
+            rows = [conn.execute(query, (job_id,)).fetchone() for job_id in ids]
+        return [None if r is None else _job_row(r) for r in rows]
 
     def jobs(self, session: str | None = None) -> list[JobRow]:
         """Every job (of ``session``, if given), by id."""
