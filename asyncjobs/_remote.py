@@ -134,6 +134,7 @@ class _Progress:
     bytes_out: int = 0
     pgid_known: anyio.Event = attrs.field(factory=anyio.Event)
     group_gone: bool | None = None  # after a kill: did the remote group really end?
+    killing: bool = False  # a stop's kill has been started
 
 
 async def _open_process(session: Session, command: str) -> asyncssh.SSHClientProcess[bytes]:
@@ -214,15 +215,26 @@ async def _run(
             # One group: stderr and the stop watcher as tasks, stdout read right here (fewer
             # task hops per command: a short command is dominated by them).
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_stop_on_request, job, session, progress, process, stop_grace)
-                with anyio.move_on_after(timeout) as scope:
-                    done = anyio.Event()
-                    tg.start_soon(_read, process.stderr, log, "error", progress, t_open, done)
-                    await _read(process.stdout, log, "output", progress, t_open)
-                    await done.wait()
-                    await process.wait_closed()
+                # stop() starts the kill through a state listener: no watcher task per command.
+                def on_change(changed: Job) -> None:
+                    if changed.stop_requested and not progress.killing:
+                        progress.killing = True
+                        tg.start_soon(_kill_shielded, session, progress, process, stop_grace)
+
+                job._listeners.append(on_change)
+                try:
+                    on_change(job)  # a stop() that came while the channel opened
+                    with anyio.move_on_after(timeout) as scope:
+                        done = anyio.Event()
+                        tg.start_soon(_read, process.stderr, log, "error", progress, t_open, done)
+                        await _read(process.stdout, log, "output", progress, t_open)
+                        await done.wait()
+                        await process.wait_closed()
+                finally:
+                    job._listeners.remove(on_change)
                 timed_out = scope.cancelled_caught
-                tg.cancel_scope.cancel()
+                if not progress.killing:
+                    tg.cancel_scope.cancel()
             if timed_out:
                 with anyio.CancelScope(shield=True):
                     await _kill(session, progress, process, stop_grace)
@@ -334,14 +346,12 @@ async def _read_lines(
         progress.pgid_known.set()  # no marker (not a POSIX shell?): stop falls back to closing
 
 
-async def _stop_on_request(
-    job: Job,
+async def _kill_shielded(
     session: Session,
     progress: _Progress,
     process: asyncssh.SSHClientProcess[bytes],
     grace: float,
 ) -> None:
-    await job._stop_event.wait()
     with anyio.CancelScope(shield=True):
         await _kill(session, progress, process, grace)
 
