@@ -38,7 +38,7 @@ from ._protocol import (
     error_from_wire,
     parse_result,
 )
-from ._state import JobState
+from ._state import JobState, state_named
 from ._util import Opener
 
 _PAGE: Final = 50_000  # records per request when draining
@@ -206,7 +206,7 @@ class HostJobs:
     ) -> list[HostJobInfo]:
         """The host's jobs (every session's), filtered like ``JobManager.get``."""
         if isinstance(state, str):
-            state = _state(state)
+            state = state_named(state)
         wanted = state.value if state is not None else None
         infos: list[JobInfo] = await self._c.request("get", name=name, state=wanted)
         return [HostJobInfo.from_info(i) for i in infos]
@@ -315,14 +315,6 @@ class HostJobs:
     async def remove(self, job: JobRef, *, force: bool = False) -> None:
         """Remove-Job on the host: the job and its records are gone."""
         await self._c.request("remove", job=_job_id(job), force=force)
-
-
-def _state(text: str) -> JobState:
-    key = text.upper().replace("-", "_")
-    for state in JobState:
-        if key in (state.name, state.value.upper()):
-            return state
-    raise AsyncJobsError(f"unknown job state {text!r}; states are {[s.name for s in JobState]}")
 
 
 @final

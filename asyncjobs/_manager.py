@@ -22,7 +22,7 @@ from ._job import Job, JobKind, ensure_job
 from ._log import RecordLog
 from ._models import Buffer, ManagerStatistics
 from ._runner import run_in_slot
-from ._state import JobState
+from ._state import JobState, state_named
 from ._thread import run_thread
 
 if TYPE_CHECKING:
@@ -468,19 +468,7 @@ def _positive(what: str, value: int | None, default: int) -> int:
 
 def _states(state: JobState | str | Iterable[JobState | str]) -> set[JobState]:
     items = [state] if isinstance(state, JobState | str) else list(state)
-    out = set()
-    for s in items:
-        if isinstance(s, JobState):
-            out.add(s)
-            continue
-        key = str(s).upper().replace("-", "_")
-        matches = [st for st in JobState if key in (st.name, st.value.upper())]
-        if not matches:
-            raise AsyncJobsError(
-                f"unknown job state {s!r}; states are {[x.name for x in JobState]}"
-            )
-        out.update(matches)
-    return out
+    return {s if isinstance(s, JobState) else state_named(str(s)) for s in items}
 
 
 def _check_callable(fn: object, where: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 
-from ._errors import JobStateError
+from ._errors import JobArgumentError, JobStateError
 
 
 class JobState(enum.Enum):
@@ -136,6 +136,15 @@ def check_transition(state: JobState, target: JobState, *, job: str = "job") -> 
             from_state=state,
             to_state=target,
         )
+
+
+def state_named(text: str) -> JobState:
+    """The state a user named: ``"RUNNING"``, ``"Running"``, ``"not-started"``, any case."""
+    key = text.upper().replace("-", "_")
+    for state in JobState:
+        if key in (state.name, state.value.upper()):
+            return state
+    raise JobArgumentError(f"unknown job state {text!r}; states are {[s.name for s in JobState]}")
 
 
 _ACTIVE_ORDER = (
