@@ -58,7 +58,7 @@ from ._protocol import (
     encode_value,
     error_to_wire,
 )
-from ._state import JobState
+from ._state import ACTIVE_VALUES, JobState
 from ._store import JobRow, SessionRow, Store, StoredRecord
 
 #: Unreceived records a job of a disconnected session may hold before ``output_buffering``
@@ -67,7 +67,7 @@ from ._store import JobRow, SessionRow, Store, StoredRecord
 DISCONNECTED_BOUND: Final = 10_000
 DEFAULT_IDLE_TIMEOUT: Final = 2 * 3600.0  # PowerShell's default for disconnected sessions
 DEFAULT_IDLE_EXIT: Final = 300.0
-_ACTIVE: Final = {s.value for s in JobState if not s.is_finished}
+_ACTIVE: Final = ACTIVE_VALUES
 
 
 def pack_value(value: Any) -> bytes:

@@ -38,6 +38,9 @@ class JobState(enum.Enum):
 
 _FINISHED = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.STOPPED})
 _FINISHED_VALUES = frozenset(s.value for s in _FINISHED)
+#: The values (PowerShell names) of the states that are not finished, as the store and the
+#: wire carry them.
+ACTIVE_VALUES: tuple[str, ...] = tuple(s.value for s in JobState if s not in _FINISHED)
 
 
 class Event(enum.Enum):

@@ -47,7 +47,7 @@ import attrs
 from ._errors import AsyncJobsError, JobArgumentError, NoSuchJob
 from ._log import stream_set
 from ._models import STREAMS, StreamName
-from ._state import JobState
+from ._state import ACTIVE_VALUES, JobState
 
 SCHEMA_VERSION: Final = 1
 
@@ -62,7 +62,7 @@ _CHUNK_BYTES: Final = 1 << 20  # and this many value bytes (or one bigger value)
 # Past this many 8 KiB pages of WAL the writer checkpoints (fsyncs included) inside an append:
 # 8 MiB keeps that stall to tens of milliseconds (64 MiB was faster in bulk but stalled 200 ms).
 _WAL_PAGES: Final = 1000
-_ACTIVE: Final = tuple(s.value for s in JobState if not s.is_finished)
+_ACTIVE: Final = ACTIVE_VALUES
 _NONE = type(None)
 _FIELDS: Final[dict[str, tuple[type, ...]]] = {
     "state": (str,), "reason": (str, _NONE), "exit_status": (int, _NONE), "pid": (int, _NONE),

@@ -19,12 +19,12 @@ from typing import Any, Final
 
 from .._hostdir import LOCK, STORE
 from .._models import STREAMS
-from .._state import JobState
+from .._state import ACTIVE_VALUES
 
 #: The store schema this reader knows (``_store.SCHEMA_VERSION``; a test keeps them equal):
 #: not imported from ``_store``, whose import costs more than this whole read.
 SCHEMA_VERSION: Final = 1
-_ACTIVE: Final = frozenset(s.value for s in JobState if not s.is_finished)
+_ACTIVE: Final = ACTIVE_VALUES
 _QUERY: Final = (
     "SELECT id, name, kind, state, location, command, session, reason, exit_status, "
     f"started_at, finished_at, {' + '.join(f'n_{s}' for s in STREAMS)} FROM jobs ORDER BY id"
