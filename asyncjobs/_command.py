@@ -31,7 +31,7 @@ from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
 from ._errors import CommandFailed, JobArgumentError
 from ._job import Job
-from ._lines import CHUNK, MAX_LINE, LineSplitter, input_chunks
+from ._lines import CHUNK, check_lines, input_chunks, splitter
 from ._log import RecordLog
 from ._models import StreamName
 
@@ -59,6 +59,7 @@ class CommandSpec:
     env: Mapping[str, str] | None = attrs.field(repr=False)  # no environment in reprs and logs
     input: Input = attrs.field(default=None, repr=False)
     stop_grace: float = 5.0
+    lines: bool = True
 
     @classmethod
     def build(
@@ -69,6 +70,7 @@ class CommandSpec:
         env: Mapping[str, str] | None,
         input: Any,
         stop_grace: float,
+        lines: object = True,
     ) -> CommandSpec:
         """Check a ``start_command`` call; bad arguments raise ``JobArgumentError`` here.
 
@@ -79,9 +81,19 @@ class CommandSpec:
         - ``input``: ``None`` (stdin is ``/dev/null``), ``bytes``, a ``str`` (sent as UTF-8), or an
           iterable of lines (``str`` or ``bytes``; a line without a trailing newline gets one),
           fed by a task, then stdin is closed. A program that stops reading early is fine.
+        - ``lines``: ``True`` splits stdout and stderr into lines; ``False`` passes the bytes
+          through unsplit, one ``bytes`` item per chunk read.
         """
         argv, display = _argv(command)
-        return cls(argv, display, _cwd(cwd), _env(env), _input(input), _grace(stop_grace))
+        return cls(
+            argv,
+            display,
+            _cwd(cwd),
+            _env(env),
+            _input(input),
+            _grace(stop_grace),
+            check_lines(lines),
+        )
 
 
 def _argv(command: object) -> tuple[tuple[str, ...], str]:
@@ -238,8 +250,8 @@ async def _supervise(job: Job, spec: CommandSpec, process: Process) -> None:
                 if process.stdin is not None and spec.input is not None:
                     tg.start_soon(_feed, process.stdin, spec.input, failed, tg.cancel_scope)
                 stderr_done = anyio.Event()
-                tg.start_soon(_pump_then_set, process.stderr, log, stderr_done)
-                await _pump(process.stdout, log, "output")
+                tg.start_soon(_pump_then_set, process.stderr, log, spec.lines, stderr_done)
+                await _pump(process.stdout, log, "output", spec.lines)
                 await stderr_done.wait()
                 await process.wait()
                 tg.cancel_scope.cancel()
@@ -249,32 +261,35 @@ async def _supervise(job: Job, spec: CommandSpec, process: Process) -> None:
         raise failed[0]
 
 
-async def _pump_then_set(stream: ByteReceiveStream, log: RecordLog, done: anyio.Event) -> None:
+async def _pump_then_set(
+    stream: ByteReceiveStream, log: RecordLog, lines: bool, done: anyio.Event
+) -> None:
     try:
-        await _pump(stream, log, "error")
+        await _pump(stream, log, "error", lines)
     finally:
         done.set()
 
 
-async def _pump(stream: ByteReceiveStream, log: RecordLog, name: StreamName) -> None:
-    """Append every line of ``stream`` to ``log``, in order, until EOF.
+async def _pump(stream: ByteReceiveStream, log: RecordLog, name: StreamName, lines: bool) -> None:
+    """Append every line (or, with ``lines=False``, every chunk) of ``stream`` to ``log``, in
+    order, until EOF.
 
     The hot loop: ``append_nowait`` costs no coroutine per line. When a ``block`` buffer is full it
     raises ``WouldBlock`` and the awaited ``append`` waits for room; meanwhile nothing is read.
     """
-    splitter = LineSplitter(MAX_LINE)
+    split = splitter(lines)
     append_nowait = log.append_nowait
     while True:
         try:
             chunk = await stream.receive(CHUNK)
         except anyio.EndOfStream:
             break
-        for line in splitter.feed(chunk):
+        for line in split.feed(chunk):
             try:
                 append_nowait(name, line)
             except anyio.WouldBlock:
                 await log.append(name, line)
-    tail = splitter.flush()
+    tail = split.flush()
     if tail is not None:
         await log.append(name, tail)
 

@@ -15,6 +15,11 @@ It is fast because the common case never loops over bytes in Python: the complet
 are decoded in one call and split in one call; only a chunk that is not valid UTF-8, or that holds
 an over-long line, is handled line by line.
 
+With ``lines=False`` a job's output is not split at all: ``RawChunks`` passes each chunk read
+from the pipe through as one ``bytes`` item (joining the items gives the stream back exactly),
+which is what binary output (an archive, an image) and bulk transfers want: one record per
+chunk instead of one per line.
+
 Input lines go the other way: ``input_chunks`` encodes them (UTF-8, a newline added where missing)
 and joins them into chunks, so that feeding stdin is one write per chunk, not one per line.
 """
@@ -142,6 +147,45 @@ class LineSplitter:
 
     def __repr__(self) -> str:
         return f"<LineSplitter max_line={self._max} pending={len(self._partial)}>"
+
+
+@final
+class RawChunks:
+    """The ``lines=False`` splitter: every chunk is one item, as it was read."""
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> list[Line]:
+        return [bytes(data)] if data else []
+
+    def flush(self) -> Line | None:
+        return None
+
+    @property
+    def pending(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "<RawChunks>"
+
+
+#: What a job's reader splits its pipe's bytes with.
+Splitter: TypeAlias = LineSplitter | RawChunks
+
+
+def check_lines(value: object) -> bool:
+    """The ``lines=`` argument: a bool, nothing else (``lines="no"`` would be true)."""
+    if not isinstance(value, bool):
+        raise JobArgumentError(
+            f"lines must be True (split output into lines) or False (raw bytes chunks), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def splitter(lines: bool, max_line: int = MAX_LINE) -> Splitter:
+    """A ``LineSplitter`` when ``lines``, else ``RawChunks``."""
+    return LineSplitter(max_line) if lines else RawChunks()
 
 
 def encode_line(item: object, index: int) -> bytes:

@@ -187,12 +187,14 @@ class JobManager:
         input: bytes | str | Iterable[str | bytes] | None = None,
         buffer: Buffer | None = None,
         stop_grace: float | None = None,
+        lines: bool = True,
     ) -> Job:
         """Run an external program (Start-Job with a native command).
 
         ``command`` is an argv list (run directly) or a string (run by ``/bin/sh -c``). Stdout
         lines are output items, stderr lines error records; a non-zero exit fails the job with
-        ``exit_status`` set. A missing ``cwd`` raises here and creates no job.
+        ``exit_status`` set. ``lines=False`` passes both through unsplit, as ``bytes`` chunks
+        (binary output, bulk data). A missing ``cwd`` raises here and creates no job.
         """
         tg = self._open_group()
         spec = _command.CommandSpec.build(
@@ -201,6 +203,7 @@ class JobManager:
             env=env,
             input=input,
             stop_grace=self.stop_grace if stop_grace is None else stop_grace,
+            lines=lines,
         )
         job = self._new_job(name, "BackgroundJob", spec.display, buffer)
         assert self._process_slots is not None
@@ -225,6 +228,7 @@ class JobManager:
         buffer: Buffer | None = None,
         stop_grace: float | None = None,
         max_channels: int = DEFAULT_MAX_CHANNELS,
+        lines: bool = True,
         **ssh_options: Any,
     ) -> Job:
         """Run ``command`` on every target (Invoke-Command -AsJob): a parent ``RemoteJob`` with
@@ -235,8 +239,10 @@ class JobManager:
         ``throttle_limit`` children connect or run at once. One host's failure fails only its
         child; ``on_failure="fail_fast"`` (or a failure fraction such as ``0.1``) stops the rest
         instead. ``retries`` retries connection-level failures (never auth or host-key ones)
-        with backoff; ``timeout`` bounds the command, ``connect_timeout=`` the connection. Every
-        other keyword is an asyncssh client option for the temporary connections.
+        with backoff; ``timeout`` bounds the command, ``connect_timeout=`` the connection.
+        ``lines=False`` passes stdout and stderr through as ``bytes`` chunks (not on named
+        sessions, whose job host keeps lines). Every other keyword is an asyncssh client option
+        for the temporary connections.
         Needs asyncio (asyncssh); returns at once with the children scheduled.
         """
         from ._remote import start_invoke
@@ -253,6 +259,7 @@ class JobManager:
             buffer=buffer,
             stop_grace=self.stop_grace if stop_grace is None else stop_grace,
             max_channels=max_channels,
+            lines=lines,
             ssh_options=ssh_options,
         )
 

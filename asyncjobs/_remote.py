@@ -20,9 +20,10 @@ import anyio
 import asyncssh
 import attrs
 
+from ._channel import CommandChannel, CommandProgress
 from ._errors import CommandFailed, ConnectionFailed, JobArgumentError
 from ._job import Job
-from ._lines import LineSplitter
+from ._lines import check_lines
 from ._log import RecordLog
 from ._models import Buffer
 from ._runner import run_in_slot
@@ -40,8 +41,6 @@ from ._targets import Target
 if TYPE_CHECKING:
     from ._manager import JobManager
 
-_MARK: Final = b"\x1easyncjobs-pgid "
-_CHUNK: Final = 65536
 _OPEN_RETRIES: Final = 6  # a refused channel is retried with backoff this many times
 
 FailurePolicy = Literal["continue", "fail_fast"] | float
@@ -122,31 +121,22 @@ def _kill_script(pgid: int, grace: float) -> str:
     )
 
 
-@attrs.define
-class _Progress:
-    """What the runner learns while a remote command runs."""
-
-    pgid: int | None = None
-    channel_open: float | None = None
-    first_byte: float | None = None
-    exit: float | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
-    pgid_known: anyio.Event = attrs.field(factory=anyio.Event)
-    group_gone: bool | None = None  # after a kill: did the remote group really end?
-    killing: bool = False  # a stop's kill has been started
-
-
-async def _open_process(session: Session, command: str) -> asyncssh.SSHClientProcess[bytes]:
-    """Open a channel running ``command``; a refused channel is retried with backoff. A host
-    that stops answering fails it after the session's ``channel_timeout`` (its
+async def _open_channel(
+    session: Session, command: str, log: RecordLog, progress: CommandProgress, lines: bool
+) -> CommandChannel:
+    """Open a channel running ``command`` into ``log``; a refused channel is retried with
+    backoff. A host that stops answering fails it after the session's ``channel_timeout`` (its
     ``connect_timeout``, 30 s by default), never hangs it."""
     delay = 0.05
     timeout = session.channel_timeout
     for attempt in range(_OPEN_RETRIES + 1):
         try:
             with map_ssh_errors(session.where, timeout=timeout), anyio.fail_after(timeout):
-                return await session.connection.create_process(command, encoding=None)
+                _, channel = await session.connection.create_session(
+                    lambda: CommandChannel(log, progress, lines), command, encoding=None
+                )
+                assert isinstance(channel, CommandChannel)
+                return channel
         except ConnectionFailed as exc:
             if not isinstance(exc.__cause__, asyncssh.ChannelOpenError) or attempt == _OPEN_RETRIES:
                 raise
@@ -173,11 +163,12 @@ async def run_remote(
     stop_grace: float,
     connect: ConnectTimings | None = None,
     attempts: int = 1,
+    lines: bool = True,
 ) -> None:
     """The body of a remote command job on an open session (see ``_runner.run_in_slot``)."""
-    progress = _Progress()
+    progress = CommandProgress()
     try:
-        await _run(job, session, command, started, progress, timeout, stop_grace)
+        await _run(job, session, command, started, progress, timeout, stop_grace, lines)
     finally:
         job.timings = RemoteTimings(
             location=job.location,
@@ -197,65 +188,57 @@ async def _run(
     session: Session,
     command: str,
     started: Callable[[], None],
-    progress: _Progress,
+    progress: CommandProgress,
     timeout: float | None,
     stop_grace: float,
+    lines: bool,
 ) -> None:
     log = job._log
     assert log is not None
     where = session.where
     t0 = time.perf_counter()
     async with session._job_channels:
-        process = await _open_process(session, _wrapped(command))
+        channel = await _open_channel(session, _wrapped(command), log, progress, lines)
         progress.channel_open = time.perf_counter() - t0
-        t_open = time.perf_counter()
         timed_out = False
         try:
             started()  # a stop() that came while connecting is acted on just below
-            # One group: stderr and the stop watcher as tasks, stdout read right here (fewer
-            # task hops per command: a short command is dominated by them).
             async with anyio.create_task_group() as tg:
                 # stop() starts the kill through a state listener: no watcher task per command.
                 def on_change(changed: Job) -> None:
                     if changed.stop_requested and not progress.killing:
                         progress.killing = True
-                        tg.start_soon(_kill_shielded, session, progress, process, stop_grace)
+                        tg.start_soon(_kill_shielded, session, progress, channel, stop_grace)
 
                 job._listeners.append(on_change)
                 try:
                     on_change(job)  # a stop() that came while the channel opened
                     with anyio.move_on_after(timeout) as scope:
-                        done = anyio.Event()
-                        tg.start_soon(_read, process.stderr, log, "error", progress, t_open, done)
-                        await _read(process.stdout, log, "output", progress, t_open)
-                        await done.wait()
-                        await process.wait_closed()
+                        await channel.drain()
                 finally:
                     job._listeners.remove(on_change)
                 timed_out = scope.cancelled_caught
-                if not progress.killing:
-                    tg.cancel_scope.cancel()
             if timed_out:
                 with anyio.CancelScope(shield=True):
-                    await _kill(session, progress, process, stop_grace)
+                    await _kill(session, progress, channel, stop_grace)
         except BaseException:
             with anyio.CancelScope(shield=True):  # cancelled with its manager: kill, then go
-                await _kill(session, progress, process, stop_grace)
+                await _kill(session, progress, channel, stop_grace)
             raise
-        progress.exit = time.perf_counter() - t_open
-    _finish(job, where, process, progress, timed_out, timeout)
+        progress.exit = time.perf_counter() - channel.t_open
+    _finish(job, where, channel, progress, timed_out, timeout)
 
 
 def _finish(
     job: Job,
     where: str,
-    process: asyncssh.SSHClientProcess[bytes],
-    progress: _Progress,
+    channel: CommandChannel,
+    progress: CommandProgress,
     timed_out: bool,
     timeout: float | None,
 ) -> None:
-    status, sig = process.exit_status, process.exit_signal
-    job.exit_status = status if status is not None and status >= 0 else None
+    status, sig = channel.exit_status, channel.exit_signal
+    job.exit_status = status
     if job.stop_requested and progress.group_gone is False:
         job._fail(
             CommandFailed(
@@ -270,8 +253,7 @@ def _finish(
             CommandFailed(f"{where}: {job.command!r} timed out after {timeout:g} s; it was killed")
         )
     elif sig is not None:
-        name = sig[0]
-        job._fail(CommandFailed(f"{where}: {job.command!r} was killed by signal SIG{name}"))
+        job._fail(CommandFailed(f"{where}: {job.command!r} was killed by signal SIG{sig}"))
     elif status is None:
         job._fail(
             ConnectionFailed(
@@ -288,76 +270,15 @@ def _finish(
         job._complete()
 
 
-async def _read(
-    reader: asyncssh.SSHReader[bytes],
-    log: RecordLog,
-    stream: Literal["output", "error"],
-    progress: _Progress,
-    t_open: float,
-    done: anyio.Event | None = None,
-) -> None:
-    try:
-        await _read_lines(reader, log, stream, progress, t_open)
-    finally:
-        if done is not None:
-            done.set()
-
-
-async def _read_lines(
-    reader: asyncssh.SSHReader[bytes],
-    log: RecordLog,
-    stream: Literal["output", "error"],
-    progress: _Progress,
-    t_open: float,
-) -> None:
-    splitter = LineSplitter()
-    head = stream == "output"  # the first stdout line carries the group id
-    pending = b""
-    while True:
-        try:
-            data = await reader.read(_CHUNK)
-        except (asyncssh.Error, OSError):
-            break  # a lost connection: _finish reports it from the exit status
-        if not data:
-            break
-        progress.bytes_in += len(data)
-        if progress.first_byte is None:
-            progress.first_byte = time.perf_counter() - t_open
-        if head:
-            pending += data
-            newline = pending.find(b"\n")
-            if newline < 0 and len(pending) < 64:
-                continue
-            head = False
-            data, pending = pending, b""
-            if data.startswith(_MARK) and newline >= 0:
-                progress.pgid = int(data[len(_MARK) : newline])
-                progress.pgid_known.set()
-                data = data[newline + 1 :]
-        for line in splitter.feed(data):
-            await log.append(stream, line)
-    if head and pending:  # short output without a newline (or no marker at all)
-        for line in splitter.feed(pending):
-            await log.append(stream, line)
-    last = splitter.flush()
-    if last is not None:
-        await log.append(stream, last)
-    if stream == "output":
-        progress.pgid_known.set()  # no marker (not a POSIX shell?): stop falls back to closing
-
-
 async def _kill_shielded(
-    session: Session,
-    progress: _Progress,
-    process: asyncssh.SSHClientProcess[bytes],
-    grace: float,
+    session: Session, progress: CommandProgress, channel: CommandChannel, grace: float
 ) -> None:
     with anyio.CancelScope(shield=True):
-        await _kill(session, progress, process, grace)
+        await _kill(session, progress, channel, grace)
 
 
 async def _kill(
-    session: Session, progress: _Progress, process: asyncssh.SSHClientProcess[bytes], grace: float
+    session: Session, progress: CommandProgress, channel: CommandChannel, grace: float
 ) -> None:
     """Kill the remote group and make sure the channel is closed; errors are not raised here
     (the connection may be the very thing that died)."""
@@ -371,7 +292,7 @@ async def _kill(
     except ConnectionFailed:
         progress.group_gone = None  # the link is gone: we cannot know
     finally:
-        process.close()
+        channel.close()
 
 
 # -- fan-out --------------------------------------------------------------------------------
@@ -400,6 +321,7 @@ async def start_invoke(
     buffer: Buffer | None,
     stop_grace: float,
     max_channels: int,
+    lines: bool,
     ssh_options: dict[str, Any],
 ) -> Job:
     """Make the parent and one child per target, and schedule every child under the throttle."""
@@ -419,6 +341,12 @@ async def start_invoke(
     if not isinstance(retries, int) or retries < 0:
         raise JobArgumentError(f"retries must be an int >= 0, got {retries!r}")
     policy = _policy(on_failure)
+    lines = check_lines(lines)
+    if not lines and any(isinstance(t, Session) and t.name is not None for t in parsed):
+        raise JobArgumentError(
+            "lines=False is not available on a named session: its job host keeps output as "
+            "lines; use an unnamed session (connect(host)) or a host string for raw bytes"
+        )
     text = shell_command(command)
     children = [
         manager._new_job(None, "RemoteJob", text, buffer, location=t.location) for t in parsed
@@ -429,7 +357,7 @@ async def start_invoke(
     for child, target in zip(children, parsed, strict=True):
         child._listeners.append(watch.child_changed)
         body = _child_body(
-            child, target, text, timeout, stop_grace, retries, max_channels, ssh_options
+            child, target, text, timeout, stop_grace, retries, max_channels, lines, ssh_options
         )
         tg.start_soon(run_in_slot, child, throttle, body)
     return parent
@@ -465,6 +393,7 @@ def _child_body(
     stop_grace: float,
     retries: int,
     max_channels: int,
+    lines: bool,
     options: dict[str, Any],
 ) -> Callable[[Callable[[], None]], Any]:
     async def body(started: Callable[[], None]) -> None:
@@ -477,7 +406,13 @@ def _child_body(
             return
         if isinstance(target, Session):
             await run_remote(
-                child, target, command, started, timeout=timeout, stop_grace=stop_grace
+                child,
+                target,
+                command,
+                started,
+                timeout=timeout,
+                stop_grace=stop_grace,
+                lines=lines,
             )
             return
         attempts = [0]
@@ -502,6 +437,7 @@ def _child_body(
                 stop_grace=stop_grace,
                 connect=timings,
                 attempts=attempts[0],
+                lines=lines,
             )
 
     return body
@@ -602,10 +538,11 @@ async def _reconnect(job: Job, session: Session, generation: int) -> None:
 
 
 async def invoke_on_session(
-    session: Session, command: str | Sequence[str], *, timeout: float | None
+    session: Session, command: str | Sequence[str], *, timeout: float | None, lines: bool
 ) -> list[Any]:
     """``Session.invoke``: one remote command, waited for; its output, or ``JobFailed``."""
     require_asyncio("Session.invoke")
+    lines = check_lines(lines)
     text = shell_command(command)
     log = RecordLog(job_id=0, location=session.location, buffer=Buffer())
     job = Job._leaf(
@@ -613,7 +550,7 @@ async def invoke_on_session(
     )
 
     async def body(started: Callable[[], None]) -> None:
-        await run_remote(job, session, text, started, timeout=timeout, stop_grace=5.0)
+        await run_remote(job, session, text, started, timeout=timeout, stop_grace=5.0, lines=lines)
 
     await run_in_slot(job, anyio.CapacityLimiter(1), body)
     try:

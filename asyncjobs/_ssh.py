@@ -249,14 +249,17 @@ class Session:
         """The underlying asyncssh connection, for what asyncjobs does not wrap."""
         return self._conn
 
-    async def invoke(self, command: str | list[str], *, timeout: float | None = None) -> list[Any]:
-        """Run ``command`` on the host and return its output lines (Invoke-Command -Session).
+    async def invoke(
+        self, command: str | list[str], *, timeout: float | None = None, lines: bool = True
+    ) -> list[Any]:
+        """Run ``command`` on the host and return its output lines (Invoke-Command -Session);
+        with ``lines=False``, its stdout as ``bytes`` chunks (``b"".join`` them).
 
         Raises ``JobFailed`` (the exit status or signal in its ``reason``) if it fails.
         """
         from ._remote import invoke_on_session
 
-        return await invoke_on_session(self, command, timeout=timeout)
+        return await invoke_on_session(self, command, timeout=timeout, lines=lines)
 
     @property
     def jobs(self) -> HostJobs:

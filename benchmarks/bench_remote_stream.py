@@ -1,4 +1,4 @@
-"""Streaming one SSH channel: ``async for line in job.stream()`` vs asyncssh's ``read(1 MiB)``.
+"""Streaming one SSH channel: ``job.stream()`` (raw bytes and lines) vs asyncssh's ``read(1 MiB)``.
 
 One sshd test host. The remote command writes ``--size`` MiB (default 512 MiB; ``--quick``: 64)
 of 1,001-byte lines (1,000 ``x`` + newline), whole lines only, written a ~1 MiB block at a
@@ -6,22 +6,26 @@ time by ``python3 -I -S -c PRODUCER LINES`` (``--producer yes``: ``yes "$(head -
 /dev/zero | tr '\\0' x)" | head -n LINES``, which alone tops out near 0.6 GB/s here). The
 producer's own rate into a pipe, without SSH, is printed first.
 
-- asyncjobs: ``asyncjobs.connect(...)``, ``job = await jobs.invoke([session], COMMAND)`` (the
-  default ``spill`` buffer unless ``--buffer``), ``async for line in job.stream()`` counting lines
-  and bytes, then ``await job.wait()`` (must be Completed).
+- asyncjobs raw (the goal's subject: "512 MiB of raw bytes"): ``asyncjobs.connect(...)``,
+  ``job = await jobs.invoke([session], COMMAND, lines=False)`` (the default ``spill`` buffer
+  unless ``--buffer``), ``async for chunk in job.stream()`` counting bytes, then
+  ``await job.wait()`` (must be Completed).
 - asyncssh (the yardstick): ``conn.create_process(COMMAND, encoding=None)`` and
   ``await process.stdout.read(1 MiB)`` until EOF, counting bytes (no line splitting).
+- asyncjobs lines (context, no goal): the same with ``lines=True`` (the default): one output
+  item per line, decoded, counted.
 - asyncssh lines (context, no goal): ``async for line in process.stdout`` with
   ``encoding="utf-8"``, what splitting lines costs asyncssh itself.
 
 Each is run with asyncssh's default cipher (chacha20-poly1305@openssh.com) and with
 ``encryption_algs=["aes128-gcm@openssh.com"]``; the negotiated cipher is printed. The connection
 is opened before the clock starts; a round is timed from starting the command until EOF and
-exit. Per repeat and cipher: asyncjobs, asyncssh, asyncssh lines. GB/s are 10^9 bytes per second,
-newlines counted.
+exit. Per repeat and cipher: asyncjobs raw, asyncssh, asyncjobs lines, asyncssh lines. GB/s are
+10^9 bytes per second, newlines counted.
 
-Goals (issue 4): >= 0.7 GB/s with the default cipher; with aes128-gcm ≈ 0.9 GB/s. The ratios
-asyncssh GB/s / asyncjobs GB/s are printed beside.
+Goals (issue 4): asyncjobs raw >= 0.7 GB/s with the default cipher; with aes128-gcm ≈ 0.9
+GB/s. The ratio asyncssh GB/s / asyncjobs raw GB/s is printed beside, and the controller's CPU
+seconds per GB, which says what one core allows whatever else loads the machine.
 
     .venv/bin/python benchmarks/bench_remote_stream.py [--quick] [--repeats 5] [--size MiB]
         [--buffer spill|block] [--no-lines] [--profile]
@@ -102,7 +106,12 @@ def _options(hosts: TestHosts, cipher: str) -> dict[str, Any]:
 
 
 async def asyncjobs_round(
-    host: Host, options: dict[str, Any], cmd: str, lines: int, buffer: asyncjobs.Buffer
+    host: Host,
+    options: dict[str, Any],
+    cmd: str,
+    lines: int,
+    buffer: asyncjobs.Buffer,
+    split: bool = False,
 ) -> Round:
     r = Round(lines * LINE)
     async with (
@@ -112,20 +121,20 @@ async def asyncjobs_round(
         r.cipher = _cipher(session.connection)
         c0 = time.process_time()
         t0 = time.perf_counter()
-        job = await jobs.invoke([session], cmd)
+        job = await jobs.invoke([session], cmd, lines=split)
         count = 0
         size = 0
-        async for line in job.stream():
+        async for item in job.stream():
             count += 1
-            size += len(line)
+            size += len(item)
         await job.wait()
         r.seconds = time.perf_counter() - t0
         r.cpu = time.process_time() - c0
-        r.lines, r.bytes = count, size + count
+        r.lines, r.bytes = (count, size + count) if split else (lines, size)
         child = job.children[0]
         assert child.state is asyncjobs.JobState.COMPLETED, (child.state, child.reason)
         stats = child.statistics().buffer
-        r.note = f"spilled {stats.spilled}, high-water {stats.high_water} lines"
+        r.note = f"{count:,} items, spilled {stats.spilled}, high-water {stats.high_water} items"
         await jobs.remove(job)
     r.check()
     assert r.lines == lines
@@ -184,7 +193,7 @@ async def main_async(
     cmd = command(lines, producer)
     warm_cmd = command(max(1, lines // 16), producer)
     results: dict[str, dict[str, list[Round]]] = {
-        c: {"asyncjobs": [], "asyncssh": [], "lines": []} for c in CIPHERS
+        c: {"asyncjobs": [], "asyncssh": [], "asyncjobs lines": [], "lines": []} for c in CIPHERS
     }
     warm = max(1, lines // 16)
     for cipher in CIPHERS:  # warm-up: imports, the sshd's page cache, the cipher code
@@ -202,8 +211,14 @@ async def main_async(
                 f"asyncssh {got['asyncssh'][-1].gb_per_s:.3f}"
             )
             if with_lines:
+                got["asyncjobs lines"].append(
+                    await asyncjobs_round(host, options, cmd, lines, buffer, split=True)
+                )
                 got["lines"].append(await asyncssh_lines_round(host, options, cmd, lines))
-                line += f"  lines {got['lines'][-1].gb_per_s:.3f}"
+                line += (
+                    f"  lines: asyncjobs {got['asyncjobs lines'][-1].gb_per_s:.3f}"
+                    f" asyncssh {got['lines'][-1].gb_per_s:.3f}"
+                )
         print(line + "  GB/s", flush=True)
     size = lines * LINE
     for cipher, goal in GOALS.items():
@@ -211,7 +226,8 @@ async def main_async(
         ours, theirs = got["asyncjobs"], got["asyncssh"]
         print(
             f"-- {size / 2**20:,.1f} MiB of {LINE}-byte lines on one channel, cipher {cipher} "
-            f"(negotiated: asyncjobs {ours[0].cipher}, asyncssh {theirs[0].cipher})"
+            f"(negotiated: asyncjobs {ours[0].cipher}, asyncssh {theirs[0].cipher}); asyncjobs "
+            "with lines=False"
         )
         report_pair(
             "throughput",
@@ -224,7 +240,9 @@ async def main_async(
         )
         if got["lines"]:
             print(
-                f"  context: asyncssh `async for line in process.stdout` "
+                f"  context, one item per line: asyncjobs `invoke(..., lines=True)` "
+                f"{median([r.gb_per_s for r in got['asyncjobs lines']]):.3f} GB/s, asyncssh "
+                f"`async for line in process.stdout` "
                 f"{median([r.gb_per_s for r in got['lines']]):.3f} GB/s"
             )
         cpu_a = median([r.cpu / (r.bytes / 1e9) for r in ours])
@@ -287,9 +305,7 @@ def main() -> None:
         default="python",
         help="remote writer: python3 writing 1 MiB blocks (default) or yes | head -n",
     )
-    p.add_argument(
-        "--no-lines", action="store_true", help="skip the asyncssh line-iteration context run"
-    )
+    p.add_argument("--no-lines", action="store_true", help="skip the line-by-line context runs")
     p.add_argument(
         "--profile", action="store_true", help="then profile one asyncjobs round with cProfile"
     )

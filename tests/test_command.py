@@ -183,7 +183,7 @@ def test_spec_from_argv_and_from_shell_string() -> None:
     assert shell.input == b"x"
     assert repr(shell) == (
         "CommandSpec(argv=('/bin/sh', '-c', 'echo $HOME | wc -c'), display='echo $HOME | wc -c', "
-        f"cwd={os.getcwd()!r}, stop_grace=0.0)"
+        f"cwd={os.getcwd()!r}, stop_grace=0.0, lines=True)"
     )
 
 
@@ -332,6 +332,32 @@ async def test_a_long_line_without_newline_survives_in_pieces() -> None:
     assert len(pieces) == 4
     assert all(isinstance(p, str) and len(p) <= MAX_LINE for p in pieces)
     assert "".join(pieces) == "".join(chr(97 + i % 26) for i in range(size))
+
+
+async def test_lines_false_passes_stdout_and_stderr_through_as_bytes() -> None:
+    # 300 KB of binary data (every byte value, no line structure) on stdout, some on stderr.
+    data = bytes(range(256)) * 1200
+    code = (
+        "import sys; sys.stdout.buffer.write(bytes(range(256)) * 1200); "
+        "sys.stderr.buffer.write(b'err\\xff no newline')"
+    )
+    async with JobManager() as jobs:
+        job = await jobs.start_command(python(code), lines=False)
+        await job.wait()
+        assert job.state is JobState.COMPLETED
+        chunks = await job.receive()
+        errors = [r.value for r in await job.receive_records(streams=["error"])]
+    assert all(isinstance(c, bytes) and c for c in chunks)
+    assert len(chunks) > 1  # arrived as the pipe delivered it, not as one item
+    assert b"".join(chunks) == data
+    assert b"".join(errors) == b"err\xff no newline"
+
+
+async def test_lines_must_be_a_bool() -> None:
+    async with JobManager() as jobs:
+        with pytest.raises(JobArgumentError, match="lines must be True"):
+            await jobs.start_command(["true"], lines="no")  # type: ignore[arg-type]
+        assert jobs.get() == []
 
 
 # -- how it ends ---------------------------------------------------------------------------------

@@ -116,6 +116,75 @@ async def test_exit_status_signal_and_bytes(session: asyncjobs.Session) -> None:
         assert await raw.receive() == ["ok", b"\xff\xfe", b"\x80pickle."]
 
 
+async def test_lines_false_brings_remote_bytes_back_unsplit(
+    ssh_hosts: TestHosts, session: asyncjobs.Session
+) -> None:
+    # 3 MB of every byte value: more than one read, more than one SSH window.
+    produce = "python3 -c 'import sys; sys.stdout.buffer.write(bytes(range(256)) * 12000)'"
+    data = bytes(range(256)) * 12000
+    host = ssh_hosts.hosts[1]
+    async with JobManager() as jobs:
+        job = await jobs.invoke(
+            [session, f"{host.address}:{host.port}"], produce, lines=False, **opts(ssh_hosts)
+        )
+        await job.wait(timeout=30)
+        assert [c.state for c in job.children] == [JobState.COMPLETED] * 2
+        for child in job.children:
+            chunks = await child.receive()
+            assert all(isinstance(c, bytes) for c in chunks)
+            assert b"".join(chunks) == data  # the group-id marker line is not in it
+    assert b"".join(await session.invoke("printf 'a\\nb\\377'", lines=False)) == b"a\nb\xff"
+    assert await session.invoke("printf 'a\\nb'") == ["a", "b"]
+
+
+async def test_output_edges_short_empty_and_unterminated(session: asyncjobs.Session) -> None:
+    # The group-id marker line is taken off stdout whatever follows it.
+    assert await session.invoke("printf abc") == ["abc"]
+    assert await session.invoke("true") == []
+    assert await session.invoke("printf '\\n\\n'") == ["", ""]
+    assert await session.invoke("printf x >&2; printf y") == ["y"]
+    assert await session.invoke("true", lines=False) == []
+
+
+async def test_lines_false_block_mode_holds_the_producer_and_stop_ends_it(
+    ssh_hosts: TestHosts, session: asyncjobs.Session
+) -> None:
+    word = tag()
+    buffer = Buffer(max_items=3, max_bytes=None, mode="block")
+    async with JobManager() as jobs:
+        job = await jobs.invoke([session], f"yes {word}", lines=False, buffer=buffer)
+        child = job.children[0]
+        await eventually(lambda: child.statistics().buffer.blocked_producers != 0, timeout=10)
+        held = child.statistics().buffer.next_seq
+        await anyio.sleep(0.3)
+        assert child.statistics().buffer.next_seq == held  # reading paused: the window is shut
+        assert ssh_hosts.pgrep(0, f"yes {word}") != []
+        data = b""
+        async for chunk in child.stream():  # receiving opens it again
+            data += chunk
+            if len(data) > 4 << 20:
+                break
+        assert data.startswith(f"{word}\n".encode())
+        assert set(data.split(b"\n")[:-1]) == {word.encode()}
+        await job.stop()
+        assert job.state is JobState.STOPPED
+        assert await wait_gone(ssh_hosts, f"yes {word}") == []
+
+
+async def test_lines_false_is_refused_on_a_named_session(ssh_hosts: TestHosts) -> None:
+    async with JobManager() as jobs:
+        with pytest.raises(asyncjobs.JobArgumentError, match="lines must be True"):
+            await jobs.invoke([ssh_hosts.hosts[0].address], "true", lines=1)  # type: ignore[arg-type]
+        host = ssh_hosts.hosts[0]
+        named = await asyncjobs.connect(
+            host.address, host.port, name=f"raw-{tag()}", **ssh_hosts.ssh_options()
+        )
+        async with named:
+            with pytest.raises(asyncjobs.JobArgumentError, match="named session"):
+                await jobs.invoke([named], "true", lines=False)
+        assert jobs.get() == []
+
+
 async def test_stop_kills_the_remote_group_with_its_children(
     ssh_hosts: TestHosts, session: asyncjobs.Session
 ) -> None:
