@@ -225,6 +225,10 @@ class Job(metaclass=NoPublicConstructor):
 
     async def _result(self) -> list[Any]:
         await self.wait()
+        return self._outcome()
+
+    def _outcome(self) -> list[Any]:
+        """A finished job's ``await job``: its output (received), or the error it ended with."""
         if self.state is JobState.FAILED:
             reason = self.reason
             text = str(reason)
@@ -232,7 +236,11 @@ class Job(metaclass=NoPublicConstructor):
             raise JobFailed(message, reason=reason) from reason
         if self.state is JobState.STOPPED:
             raise JobStopped(f"{self._label()} was stopped before it finished")
-        return await self.receive()
+        out: list[Any] = []
+        for leaf in self._leaves():
+            if leaf._log is not None:
+                out.extend(r.value for r in leaf._log.take(("output",)))
+        return out
 
     def statistics(self) -> JobStatistics:
         duration = None

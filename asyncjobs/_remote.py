@@ -197,28 +197,33 @@ async def _run(
     assert log is not None
     where = session.where
     t0 = time.perf_counter()
-    async with session._job_channels:
+    slots = session._job_channels
+    try:
+        slots.acquire_nowait()  # no checkpoint when a channel is free: commands are short
+    except anyio.WouldBlock:
+        await slots.acquire()
+    try:
         channel = await _open_channel(session, _wrapped(command), log, progress, lines)
         progress.channel_open = time.perf_counter() - t0
-        timed_out = False
         try:
             started()  # a stop() that came while connecting is acted on just below
-            async with anyio.create_task_group() as tg:
-                # stop() starts the kill through a state listener: no watcher task per command.
-                def on_change(changed: Job) -> None:
-                    if changed.stop_requested and not progress.killing:
-                        progress.killing = True
-                        tg.start_soon(_kill_shielded, session, progress, channel, stop_grace)
 
-                job._listeners.append(on_change)
-                try:
-                    on_change(job)  # a stop() that came while the channel opened
-                    with anyio.move_on_after(timeout) as scope:
-                        await channel.drain()
-                finally:
-                    job._listeners.remove(on_change)
-                timed_out = scope.cancelled_caught
-            if timed_out:
+            # stop() interrupts the drain through a state listener; the kill then runs in this
+            # task, while asyncssh's callbacks go on appending: no task or task group per command.
+            def on_change(changed: Job) -> None:
+                if changed.stop_requested and not progress.killing:
+                    progress.killing = True
+                    channel.interrupt()
+
+            job._listeners.append(on_change)
+            try:
+                on_change(job)  # a stop() that came while the channel opened
+                with anyio.move_on_after(timeout) as scope:
+                    await channel.drain()
+            finally:
+                job._listeners.remove(on_change)
+            timed_out = scope.cancelled_caught
+            if progress.killing or timed_out:
                 with anyio.CancelScope(shield=True):
                     await _kill(session, progress, channel, stop_grace)
         except BaseException:
@@ -226,6 +231,8 @@ async def _run(
                 await _kill(session, progress, channel, stop_grace)
             raise
         progress.exit = time.perf_counter() - channel.t_open
+    finally:
+        slots.release()
     _finish(job, where, channel, progress, timed_out, timeout)
 
 
@@ -268,13 +275,6 @@ def _finish(
         )
     else:
         job._complete()
-
-
-async def _kill_shielded(
-    session: Session, progress: CommandProgress, channel: CommandChannel, grace: float
-) -> None:
-    with anyio.CancelScope(shield=True):
-        await _kill(session, progress, channel, grace)
 
 
 async def _kill(
@@ -552,9 +552,9 @@ async def invoke_on_session(
     async def body(started: Callable[[], None]) -> None:
         await run_remote(job, session, text, started, timeout=timeout, stop_grace=5.0, lines=lines)
 
-    await run_in_slot(job, anyio.CapacityLimiter(1), body)
+    await run_in_slot(job, anyio.CapacityLimiter(1), body)  # always returns it finished
     try:
-        return await job
+        return job._outcome()
     finally:
         log.release()
 
