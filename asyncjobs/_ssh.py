@@ -22,6 +22,7 @@ import anyio
 import asyncssh
 import attrs
 
+from ._ciphers import with_cipher_preference
 from ._errors import (
     AsyncJobsError,
     ConnectionFailed,
@@ -110,10 +111,12 @@ async def open_connection(
     (``~/.ssh/config`` — Hostname, Port, User, ProxyJump, ... — applies as with ``ssh``).
 
     ``connect_timeout`` (default 30 s) covers TCP connect, handshake and authentication. The
-    TCP connect is timed apart from the rest through the client's ``connection_made``.
+    TCP connect is timed apart from the rest through the client's ``connection_made``. Unless
+    the caller or the SSH config chooses ciphers, AES-GCM is offered first on CPUs with AES
+    instructions (see ``_ciphers``).
     """
     require_asyncio("connecting to a host")
-    options = dict(options)
+    options = dict(with_cipher_preference(options))  # AES-GCM first where the CPU has AES
     port = target.port or options.pop("port", None) or ()
     if target.username is not None:
         options["username"] = target.username

@@ -17,15 +17,18 @@ producer's own rate into a pipe, without SSH, is printed first.
 - asyncssh lines (context, no goal): ``async for line in process.stdout`` with
   ``encoding="utf-8"``, what splitting lines costs asyncssh itself.
 
-Each is run with asyncssh's default cipher (chacha20-poly1305@openssh.com) and with
-``encryption_algs=["aes128-gcm@openssh.com"]``; the negotiated cipher is printed. The connection
+Each is run three ways, both sides with the same cipher order: asyncjobs's default order
+(AES-GCM first on a CPU with AES instructions, else asyncssh's; ``asyncjobs/_ciphers.py``),
+``chacha20-poly1305@openssh.com`` (asyncssh's and OpenSSH's default), and
+``aes128-gcm@openssh.com``; the negotiated cipher is printed. The connection
 is opened before the clock starts; a round is timed from starting the command until EOF and
 exit. Per repeat and cipher: asyncjobs raw, asyncssh, asyncjobs lines, asyncssh lines. GB/s are
 10^9 bytes per second, newlines counted.
 
 Goals (issue 4): asyncjobs raw >= 0.7 GB/s with the default cipher; with aes128-gcm ≈ 0.9
-GB/s. The ratio asyncssh GB/s / asyncjobs raw GB/s is printed beside, and the controller's CPU
-seconds per GB, which says what one core allows whatever else loads the machine.
+GB/s; ChaCha20-Poly1305 is reported (asyncssh's own ceiling with it is below 0.7 here). The
+ratio asyncssh GB/s / asyncjobs raw GB/s is printed beside, and the controller's CPU seconds
+per GB, which says what one core allows whatever else loads the machine.
 
     .venv/bin/python benchmarks/bench_remote_stream.py [--quick] [--repeats 5] [--size MiB]
         [--buffer spill|block] [--no-lines] [--profile]
@@ -46,14 +49,18 @@ from _common import header, median, parser, report_pair
 from _remote_common import profile_async, report_goal, ssh_options, start_hosts
 
 import asyncjobs
+from asyncjobs._ciphers import with_cipher_preference
 from tests.testhosts import Host, TestHosts
 
 LINE = 1001  # bytes per line, newline included
 CIPHERS: dict[str, list[str] | None] = {
-    "default": None,  # asyncssh's own order: chacha20-poly1305@openssh.com first
+    # asyncjobs's own order (AES-GCM first on CPUs with AES instructions, see
+    # asyncjobs/_ciphers.py); the asyncssh yardstick is given the same order.
+    "default": None,
+    "chacha20-poly1305": ["chacha20-poly1305@openssh.com"],  # asyncssh's and OpenSSH's default
     "aes128-gcm": ["aes128-gcm@openssh.com"],
 }
-GOALS = {"default": 0.7, "aes128-gcm": 0.9}
+GOALS: dict[str, float | None] = {"default": 0.7, "chacha20-poly1305": None, "aes128-gcm": 0.9}
 READ = 1 << 20
 
 
@@ -101,8 +108,11 @@ def _cipher(conn: asyncssh.SSHClientConnection) -> str:
 
 
 def _options(hosts: TestHosts, cipher: str) -> dict[str, Any]:
+    """The same cipher order for both sides: asyncjobs's default order is made explicit."""
     algs = CIPHERS[cipher]
-    return ssh_options(hosts) if algs is None else ssh_options(hosts, encryption_algs=algs)
+    if algs is None:
+        return with_cipher_preference(ssh_options(hosts))
+    return ssh_options(hosts, encryption_algs=algs)
 
 
 async def asyncjobs_round(
@@ -253,6 +263,8 @@ async def main_async(
             "producer and other load share the machine's cores)"
         )
         print(f"  asyncjobs buffer ({buffer.mode}): {ours[-1].note}")
+        if goal is None:
+            continue
         report_goal(
             f"asyncjobs {cipher}",
             median([r.gb_per_s for r in ours]),
