@@ -130,17 +130,6 @@ def next_state(state: JobState, event: Event, *, job: str = "job") -> JobState:
         ) from None
 
 
-def check_transition(state: JobState, target: JobState, *, job: str = "job") -> None:
-    """Raise ``JobStateError`` unless some event moves ``state`` to ``target``."""
-    if not any(s is state and t is target for (s, _), t in TRANSITIONS.items()):
-        raise JobStateError(
-            f"{job} can't go from {state.name} to {target.name}",
-            job=job,
-            from_state=state,
-            to_state=target,
-        )
-
-
 def state_named(text: str) -> JobState:
     """The state a user named: ``"RUNNING"``, ``"Running"``, ``"not-started"``, any case."""
     key = text.upper().replace("-", "_")

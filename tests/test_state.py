@@ -11,7 +11,6 @@ from asyncjobs._state import (
     EVENT_TARGET,
     TRANSITIONS,
     Event,
-    check_transition,
     next_state,
     parent_state,
 )
@@ -93,13 +92,6 @@ def test_failure_is_reachable_from_every_unfinished_state() -> None:
     for state in JobState:
         if not state.is_finished:
             assert next_state(state, Event.FAIL) is S.FAILED
-
-
-def test_check_transition_names_both_states() -> None:
-    check_transition(S.RUNNING, S.COMPLETED)
-    with pytest.raises(JobStateError, match="job 3 can't go from COMPLETED to RUNNING") as info:
-        check_transition(S.COMPLETED, S.RUNNING, job="job 3")
-    assert (info.value.from_state, info.value.to_state) == (S.COMPLETED, S.RUNNING)
 
 
 def test_final_state_message_says_it_is_final() -> None:
