@@ -51,7 +51,9 @@ class RemoteTimings:
     """Where a remote child's time went, by phase (seconds), and the bytes it moved.
 
     ``connect`` and ``auth`` are None on a persistent ``Session``; ``first_byte`` and ``exit``
-    count from the moment the channel was open.
+    count from the moment the channel was open. ``bytes_in`` is the stdout and stderr data
+    received, ``bytes_out`` what was sent on the channel (the command line as executed, with
+    the wrapper that reports its process group).
     """
 
     location: str
@@ -203,8 +205,10 @@ async def _run(
     except anyio.WouldBlock:
         await slots.acquire()
     try:
-        channel = await _open_channel(session, _wrapped(command), log, progress, lines)
+        wrapped = _wrapped(command)
+        channel = await _open_channel(session, wrapped, log, progress, lines)
         progress.channel_open = time.perf_counter() - t0
+        progress.bytes_out += len(wrapped.encode())
         try:
             started()  # a stop() that came while connecting is acted on just below
 

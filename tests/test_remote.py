@@ -414,6 +414,7 @@ async def test_timings_on_every_child_as_json_lines(ssh_hosts: TestHosts) -> Non
             for phase in ("connect", "auth", "channel_open", "first_byte", "exit"):
                 assert row[phase] is not None and row[phase] >= 0, phase
             assert row["bytes_in"] > 0 and row["attempts"] == 1 and row["exit_status"] == 0
+            assert row["bytes_out"] > len("echo hi")  # the command line, and its wrapper
         assert job.children[0].statistics().timings is job.children[0].timings
 
 
