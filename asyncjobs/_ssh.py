@@ -22,7 +22,6 @@ import anyio
 import asyncssh
 import attrs
 
-from ._ciphers import with_cipher_preference
 from ._errors import (
     AsyncJobsError,
     ConnectionFailed,
@@ -30,6 +29,7 @@ from ._errors import (
     JobArgumentError,
     ProtocolError,
 )
+from ._sshdefaults import with_client_defaults
 from ._targets import Target
 from ._util import Opener
 
@@ -111,12 +111,12 @@ async def open_connection(
     (``~/.ssh/config`` — Hostname, Port, User, ProxyJump, ... — applies as with ``ssh``).
 
     ``connect_timeout`` (default 30 s) covers TCP connect, handshake and authentication. The
-    TCP connect is timed apart from the rest through the client's ``connection_made``. Unless
-    the caller or the SSH config chooses ciphers, AES-GCM is offered first on CPUs with AES
-    instructions (see ``_ciphers``).
+    TCP connect is timed apart from the rest through the client's ``connection_made``. Where
+    the caller and the SSH config choose none, asyncjobs's defaults apply: AES-GCM first on CPUs
+    with AES instructions, keepalives every 15 s (see ``_sshdefaults``).
     """
     require_asyncio("connecting to a host")
-    options = dict(with_cipher_preference(options))  # AES-GCM first where the CPU has AES
+    options = dict(with_client_defaults(options))  # AES-GCM first, keepalives
     port = target.port or options.pop("port", None) or ()
     if target.username is not None:
         options["username"] = target.username

@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
 import asyncssh  # noqa: E402
 from _common import median, verdict  # noqa: E402
 
-from asyncjobs._ciphers import with_cipher_preference  # noqa: E402
+from asyncjobs._sshdefaults import with_client_defaults  # noqa: E402
 from tests.testhosts import TestHosts, TestHostsError, sshd_version  # noqa: E402
 
 __all__ = [
@@ -47,10 +47,10 @@ __all__ = [
 def ssh_options(hosts: TestHosts, **extra: Any) -> dict[str, Any]:
     """asyncssh client options for ``hosts`` (their known_hosts, the client key, the test user,
     no agent, no ~/.ssh/config), plus ``extra``. The same dict serves ``asyncssh.connect``,
-    ``asyncjobs.connect`` and ``JobManager.invoke``: the cipher order asyncjobs would choose
-    (AES-GCM first on a CPU with AES instructions) is written into it, so that the raw
-    asyncssh yardstick negotiates the same cipher as asyncjobs."""
-    options: dict[str, Any] = with_cipher_preference(dict(hosts.ssh_options()))
+    ``asyncjobs.connect`` and ``JobManager.invoke``: asyncjobs's client defaults (AES-GCM first
+    on a CPU with AES instructions, keepalives) are written into it, so that the raw asyncssh
+    yardstick negotiates the same cipher and sends the same keepalives as asyncjobs."""
+    options: dict[str, Any] = with_client_defaults(dict(hosts.ssh_options()))
     options.update(extra)
     return options
 

@@ -18,7 +18,7 @@ producer's own rate into a pipe, without SSH, is printed first.
   ``encoding="utf-8"``, what splitting lines costs asyncssh itself.
 
 Each is run three ways, both sides with the same cipher order: asyncjobs's default order
-(AES-GCM first on a CPU with AES instructions, else asyncssh's; ``asyncjobs/_ciphers.py``),
+(AES-GCM first on a CPU with AES instructions, else asyncssh's; ``asyncjobs/_sshdefaults.py``),
 ``chacha20-poly1305@openssh.com`` (asyncssh's and OpenSSH's default), and
 ``aes128-gcm@openssh.com``; the negotiated cipher is printed. The connection
 is opened before the clock starts; a round is timed from starting the command until EOF and
@@ -54,7 +54,7 @@ from tests.testhosts import Host, TestHosts
 LINE = 1001  # bytes per line, newline included
 CIPHERS: dict[str, list[str] | None] = {
     # asyncjobs's own order (AES-GCM first on CPUs with AES instructions, see
-    # asyncjobs/_ciphers.py); the asyncssh yardstick is given the same order.
+    # asyncjobs/_sshdefaults.py); the asyncssh yardstick is given the same order.
     "default": None,
     "chacha20-poly1305": ["chacha20-poly1305@openssh.com"],  # asyncssh's and OpenSSH's default
     "aes128-gcm": ["aes128-gcm@openssh.com"],
