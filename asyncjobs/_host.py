@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import fnmatch
-import json
 import os
 import signal
 import sys
@@ -22,13 +21,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import anyio
 import anyio.abc
 import attrs
 
 from . import __version__
+from ._command import CommandSpec
 from ._errors import AsyncJobsError, JobStateError, NoSuchJob, ProtocolError
 from ._hostdir import (
     ENV_IDLE,
@@ -39,8 +39,9 @@ from ._hostdir import (
     peer_uid,
     socket_path,
 )
+from ._hostrun import FLUSH_BYTES, FLUSH_RECORDS, pack_value, run_host_command, unpack_value
 from ._job import Job
-from ._manager import JobManager
+from ._log import RecordLog
 from ._models import STREAMS, Buffer
 from ._protocol import (
     PROTOCOL_VERSION,
@@ -54,12 +55,11 @@ from ._protocol import (
     SessionInfo,
     Welcome,
     WireRecord,
-    decode_value,
-    encode_value,
     error_to_wire,
 )
+from ._runner import run_in_slot
 from ._state import ACTIVE_VALUES, JobState
-from ._store import JobRow, SessionRow, Store, StoredRecord
+from ._store import JobRow, Piece, SessionRow, Store, StoredRecord
 
 #: Unreceived records a job of a disconnected session may hold before ``output_buffering``
 #: acts: ``block`` stops taking its output (its pipe fills, the program waits), ``drop``
@@ -67,26 +67,9 @@ from ._store import JobRow, SessionRow, Store, StoredRecord
 DISCONNECTED_BOUND: Final = 10_000
 DEFAULT_IDLE_TIMEOUT: Final = 2 * 3600.0  # PowerShell's default for disconnected sessions
 DEFAULT_IDLE_EXIT: Final = 300.0
+PROCESS_LIMIT: Final = 64  # commands running at once; more wait in NotStarted
+STOP_GRACE: Final = 5.0  # seconds between SIGTERM and SIGKILL when a job is stopped
 _ACTIVE: Final = ACTIVE_VALUES
-
-
-def pack_value(value: Any) -> bytes:
-    """A record's value as the store keeps it: text and bytes raw (the common case: command
-    output), anything else as the wire's JSON. Never pickle: the store holds data only."""
-    if type(value) is str:
-        return b"s" + value.encode("utf-8", "surrogatepass")
-    if type(value) is bytes:
-        return b"b" + value
-    return b"j" + json.dumps(encode_value(value), separators=(",", ":")).encode()
-
-
-def unpack_value(blob: bytes) -> Any:
-    kind, body = blob[:1], blob[1:]
-    if kind == b"s":
-        return body.decode("utf-8", "surrogatepass")
-    if kind == b"b":
-        return bytes(body)
-    return decode_value(json.loads(body))
 
 
 def _wire(records: list[StoredRecord]) -> list[WireRecord]:
@@ -110,14 +93,66 @@ def _page(records: list[StoredRecord]) -> list[StoredRecord]:
 
 @attrs.define(eq=False)
 class _HostJob:
-    """A job this host runs now: the local job and what its readers wait on."""
+    """A job this host runs: the local job, the lines its pipes gave that are not stored yet
+    (its ``Sink``), and what its readers wait on."""
 
     row_id: int
     session: str
     local: Job
+    host: JobHost
+    stored: bool = False  # its row is in the store: its records may follow
+    pending: list[Piece] = attrs.field(factory=list)
+    pending_records: int = 0
+    pending_bytes: int = 0
     appended: anyio.Event = attrs.field(factory=anyio.Event)  # set (and replaced) per flush
     received: anyio.Event = attrs.field(factory=anyio.Event)  # set (and replaced) per take
     done: anyio.Event = attrs.field(factory=anyio.Event)  # final state is in the store
+
+    # -- the Sink of run_host_command ----------------------------------------------------
+
+    def add(self, pieces: list[Piece]) -> None:
+        for piece in pieces:
+            self.pending.append(piece)
+            self.pending_records += piece.records
+            self.pending_bytes += len(piece.values)
+        if self.pending_records >= FLUSH_RECORDS or self.pending_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    @property
+    def holding(self) -> bool:
+        return bool(self.pending)
+
+    def flush(self) -> None:
+        self.host._flush(self)
+
+    async def room(self) -> None:
+        """Wait while ``output_buffering="block"`` holds the job (reconnects and receives
+        wake it; it looks again every half second anyway)."""
+        while self.host._buffering(self) == "block":
+            self.flush()
+            if not self.pending and not self.host._held(self):
+                return
+            with anyio.move_on_after(0.5):
+                await self.received.wait()
+
+    def take_pending(self, limit: int | None) -> list[Piece]:
+        """The first ``limit`` (all if None) pending records' pieces, no longer pending."""
+        if limit is None or limit >= self.pending_records:
+            out, self.pending = self.pending, []
+            self.pending_records = self.pending_bytes = 0
+            return out
+        out = []
+        while limit > 0:
+            piece = self.pending[0]
+            if piece.records > limit:
+                piece, self.pending[0] = piece.cut(limit)
+            else:
+                del self.pending[0]
+            out.append(piece)
+            limit -= piece.records
+            self.pending_records -= piece.records
+            self.pending_bytes -= len(piece.values)
+        return out
 
     def wake_readers(self) -> None:
         self.appended.set()
@@ -133,6 +168,7 @@ class _Session:
     name: str
     observer: bool = False  # a connection that only looks (sessions, get): no session
     attached: bool = False
+    buffering: Literal["block", "drop"] | None = None  # its output_buffering, once known
     changed: anyio.Event = attrs.field(factory=anyio.Event)
 
     def wake(self) -> None:
@@ -151,7 +187,7 @@ class JobHost:
         self._sessions: dict[str, _Session] = {}
         self._connections = 0
         self._last_activity = time.monotonic()
-        self._manager: JobManager | None = None
+        self._slots: anyio.CapacityLimiter | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._job_finished = anyio.Event()  # set (and replaced) whenever a job's done is set
 
@@ -168,8 +204,9 @@ class JobHost:
                 self.store.put_session(
                     attrs.evolve(row, state="Disconnected", disconnected_at=time.time())
                 )
-        async with JobManager(process_limit=64) as manager, anyio.create_task_group() as tg:
-            self._manager, self._tg = manager, tg
+        self._slots = anyio.CapacityLimiter(PROCESS_LIMIT)
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
             tg.start_soon(self._housekeeping, tg.cancel_scope)
             async with listener:
                 await listener.serve(self._connection, task_group=tg)
@@ -290,6 +327,7 @@ class JobHost:
                 disconnected_at=None,
             )
         session = self._sessions.setdefault(name, _Session(name))
+        session.buffering = "drop" if row.output_buffering == "drop" else "block"
         if session.attached:
             await self._refuse(
                 frames, f"session {name!r} is in use by another connection; disconnect it first"
@@ -352,25 +390,31 @@ class JobHost:
         input: str | bytes | None = None,
         buffer: dict[str, Any] | None = None,
     ) -> JobInfo:
-        assert self._manager is not None and self._tg is not None
-        display = command if isinstance(command, str) else " ".join(command)
+        assert self._slots is not None and self._tg is not None
+        spec = CommandSpec.build(command, cwd=cwd, env=env, input=input, stop_grace=STOP_GRACE)
         # The job is named and started first, then added to the store in one write, as it is
-        # then (Running, or NotStarted while it waits for a process slot).
+        # then (Running, or NotStarted while it waits for a process slot). Until then its
+        # lines wait in memory and its end is not written (``stored`` is False).
         job_id = self.store.reserve_job_id()
-        local = await self._manager.start_command(
-            command,
-            name=f"Job{job_id}" if name is None else name,
-            cwd=cwd,
-            env=env,
-            input=input,
-            buffer=Buffer(max_items=4096, max_bytes=8 * 1024 * 1024, mode="block"),
-        )
+        label = f"job {job_id}" + (f" ({name!r})" if name else "")
+        log = RecordLog(job_id=job_id, location="localhost", buffer=Buffer(), name=label)
+        local = Job._leaf(
+            id=job_id, name=name, kind="BackgroundJob", command=spec.display,
+            location="localhost", log=log,
+        )  # fmt: skip
+        job = _HostJob(job_id, session.name, local, self)
+        local._listeners.append(lambda _: self._on_change(job))
+
+        async def body(started: Callable[[], None]) -> None:
+            await run_host_command(local, spec, job, started)
+
+        await self._tg.start(run_in_slot, local, self._slots, body)
         try:
             row = self.store.new_job(
                 session=session.name,
                 name=name,
                 kind="BackgroundJob",
-                command=display,
+                command=spec.display,
                 location=os.uname().nodename,
                 instance_id=str(uuid.uuid4()),
                 job_id=job_id,
@@ -380,55 +424,68 @@ class JobHost:
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await local.stop()
-                await self._manager.remove(local)
             raise
-        job = _HostJob(row.id, session.name, local)
+        job.stored = True
         self._jobs[row.id] = job
-        self._tg.start_soon(self._persist, job)
+        if local.state.is_finished:
+            self._finish(job)
+        else:
+            self._flush(job)
         return self._info(row)
 
-    async def _persist(self, job: _HostJob) -> None:
-        """Move the job's records from memory to the store; write its final state last."""
-        log = job.local._log
-        assert log is not None
+    def _flush(self, job: _HostJob, *, everything: bool = False) -> None:
+        """Append the job's pending lines: all of them, or while its session is disconnected
+        with ``output_buffering="block"``, as many as fit under ``DISCONNECTED_BOUND``."""
+        if not job.pending or not job.stored:
+            return
+        mode = self._buffering(job)
+        limit = None
+        if mode == "block" and not everything:
+            limit = DISCONNECTED_BOUND - self.store.unreceived(job.row_id)
+            if limit <= 0:
+                return
+        self.store.append_pieces(job.row_id, job.take_pending(limit))
+        if mode == "drop":
+            self.store.drop_oldest(job.row_id, keep=DISCONNECTED_BOUND)
+        job.wake_readers()
+
+    def _on_change(self, job: _HostJob) -> None:
+        if job.local.state.is_finished and job.stored and not job.done.is_set():
+            self._finish(job)
+
+    def _finish(self, job: _HostJob) -> None:
+        """The job is finished: store what it still holds, then its final state (last, so
+        that whoever sees it finished finds all its records)."""
         local = job.local
-        while True:
-            changed = log.changed()
-            if self._held(job):
-                with anyio.move_on_after(0.5):  # reconnects and receives wake it sooner
-                    await job.received.wait()
-                continue
-            records = log.take(STREAMS)
+        try:
+            self._flush(job, everything=True)
+            assert local._log is not None
+            records = local._log.take(STREAMS)  # the error of a spawn that failed
             if records:
                 rows = [(r.stream, pack_value(r.value), r.time) for r in records]
                 self.store.append(job.row_id, rows)
-                self._maybe_drop(job)
-                job.wake_readers()
-                continue
-            if local.state.is_finished and log.unreceived == 0:
-                break
-            await changed.wait()
-        reason = str(local.reason) if local.reason is not None else None
-        self.store.update_job(
-            job.row_id,
-            state=local.state.value,
-            reason=reason,
-            exit_status=local.exit_status,
-            started_at=local.started_at,
-            finished_at=local.finished_at,
-        )
-        job.done.set()
-        self._job_finished.set()
-        self._job_finished = anyio.Event()
-        job.wake_readers()
-        if self._manager is not None and local in self._manager:
-            await self._manager.remove(local)  # the store has it all now
+            reason = str(local.reason) if local.reason is not None else None
+            self.store.update_job(
+                job.row_id,
+                state=local.state.value,
+                reason=reason,
+                exit_status=local.exit_status,
+                started_at=local.started_at,
+                finished_at=local.finished_at,
+            )
+        finally:
+            job.done.set()
+            self._job_finished.set()
+            self._job_finished = anyio.Event()
+            job.wake_readers()
 
     def _buffering(self, job: _HostJob) -> str | None:
         """The session's output_buffering while it is disconnected, else None."""
         session = self._sessions.get(job.session)
         if session is not None and session.attached:
             return None
+        if session is not None and session.buffering is not None:
+            return session.buffering
         row = self.store.session(job.session)
         return row.output_buffering if row is not None else None
 
@@ -437,10 +494,6 @@ class JobHost:
             self._buffering(job) == "block"
             and self.store.unreceived(job.row_id) >= DISCONNECTED_BOUND
         )
-
-    def _maybe_drop(self, job: _HostJob) -> None:
-        if self._buffering(job) == "drop":
-            self.store.drop_oldest(job.row_id, keep=DISCONNECTED_BOUND)
 
     def _row(self, job_id: int) -> JobRow:
         row = self.store.job(job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import struct
@@ -18,7 +19,9 @@ import pytest
 
 from asyncjobs import AsyncJobsError, JobState, JobStateError, NoSuchJob, ProtocolError
 from asyncjobs._hostclient import connect_local, get_local_sessions
-from tests.conftest import eventually, host_pid, pid_alive
+from asyncjobs._hostrun import LinePacker, unpack_value
+from asyncjobs._lines import MAX_LINE, LineSplitter
+from tests.conftest import eventually, host_pid, pid_alive, python
 
 pytestmark = pytest.mark.anyio
 
@@ -306,3 +309,114 @@ async def test_a_clean_stop_of_the_host_records_its_jobs_as_stopped(hostdir: Pat
     async with connect_local(name="c", create=False) as s:
         info = await s.jobs.job(job)
         assert info.state is JobState.STOPPED and info.reason is None
+
+
+# -- the fast path: a command's pipes straight into the store ---------------------------------
+
+
+def _packed_values(packer: LinePacker, chunks: list[bytes]) -> list[object]:
+    pieces = [p for chunk in chunks for p in packer.feed(chunk)] + packer.flush()
+    values: list[object] = []
+    for piece in pieces:
+        lens = struct.unpack(f"<{piece.records}I", piece.lens)
+        assert sum(lens) == len(piece.values) and piece.stream == "output"
+        offset = 0
+        for n in lens:
+            values.append(unpack_value(piece.values[offset : offset + n]))
+            offset += n
+    return values
+
+
+def _split_values(chunks: list[bytes], max_line: int) -> list[object]:
+    splitter = LineSplitter(max_line)
+    lines: list[object] = [line for chunk in chunks for line in splitter.feed(chunk)]
+    tail = splitter.flush()
+    return lines if tail is None else [*lines, tail]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_line_packer_makes_the_lines_line_splitter_makes(seed: int) -> None:
+    rng = random.Random(seed)
+    alphabet = [b"a", b"b", b"\n", b"\r", "é".encode(), "€".encode(), b"\xff", b"\xe2\x82"]
+    weights = [30, 10, 8, 1, 3, 3, 1 if seed % 2 else 0, 1 if seed % 3 == 0 else 0]
+    data = b"".join(rng.choices(alphabet, weights, k=rng.randrange(0, 3000)))
+    cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randrange(1, 40))))
+    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    max_line = rng.choice((4, 7, 16, 64, 1 << 20))
+    assert _packed_values(LinePacker("output", max_line), chunks) == _split_values(chunks, max_line)
+
+
+def test_line_packer_fast_and_slow_batches() -> None:
+    packer = LinePacker("output")
+    [fast] = packer.feed(b"one\ntwo\nthr")
+    assert (fast.records, fast.values, packer.pending) == (2, b"sonestwo", 3)
+    [slow] = packer.feed(b"ee\n\xff\xfe\nfour\n")  # one line is not UTF-8: packed one by one
+    assert slow.records == 3 and slow.values == b"sthreeb\xff\xfesfour"
+    assert packer.flush() == []
+
+
+async def test_lines_of_every_shape_go_from_the_pipes_into_the_store(hostdir: Path) -> None:
+    big = 1024 * 1024 + 300_000  # one line over MAX_LINE: kept, in pieces
+    code = f"""
+        import os, sys, time
+        out, err = sys.stdout.buffer, sys.stderr.buffer
+        def w(stream, data):
+            stream.write(data)
+            stream.flush()
+            time.sleep(0.01)  # separate reads: lines cross the chunks the host reads
+        w(out, b"ab")
+        w(out, b"c\\nd")
+        w(err, b"warn")
+        w(err, b"ing\\n")
+        w(out, b"e\\n\\xff\\xfe\\n\\xc3")  # a line that is not UTF-8; half a character
+        w(out, b"\\xa9t\\xc3\\xa9\\n")  # and its other half: 'été'
+        w(out, b"x" * {big} + b"\\n")
+        w(out, "".join(f"{{i}}\\n" for i in range(100_000)).encode())
+        w(out, b"no newline at the end")
+    """
+    async with connect_local(name="shapes") as s:
+        job = await s.jobs.start_command(python(code))
+        [done] = await s.jobs.wait(job, timeout=60)
+        assert done.state is JobState.COMPLETED, done.reason
+        records = await s.jobs.read(job)
+    assert [r.seq for r in records] == list(range(len(records)))
+    errors = [r.value for r in records if r.stream == "error"]
+    output = [r.value for r in records if r.stream == "output"]
+    assert errors == ["warning"]
+    assert output[:4] == ["abc", "de", b"\xff\xfe", "été"]
+    assert output[4:6] == ["x" * MAX_LINE, "x" * (big - MAX_LINE)]
+    assert output[6:] == [str(i) for i in range(100_000)] + ["no newline at the end"]
+    assert done.next_seq == len(records)
+
+
+async def test_stop_mid_stream_keeps_every_line_read_once_in_order(hostdir: Path) -> None:
+    async with connect_local(name="stopper") as s:
+        job = await s.jobs.start_command(
+            python("import itertools\nfor i in itertools.count(): print(i)")
+        )
+        with anyio.fail_after(30):
+            while (await s.jobs.job(job)).next_seq < 200_000:
+                await anyio.sleep(0.02)
+        info = await s.jobs.stop(job)
+        assert info.state is JobState.STOPPED and info.has_more_data
+        values = await s.jobs.receive(job)
+        assert values == [str(i) for i in range(len(values))]  # nothing lost, nothing twice
+        assert len(values) == info.next_seq >= 200_000
+        assert await s.jobs.read(job, info.next_seq) == []
+        assert (await s.jobs.job(job)).next_seq == info.next_seq  # the end is the end
+
+
+async def test_receive_once_across_a_reconnect_gives_each_record_once(hostdir: Path) -> None:
+    n = 300_000
+    async with connect_local(name="twice") as s:
+        job = await s.jobs.start_command(python(f"for i in range({n}): print(i)"))
+        with anyio.fail_after(30):
+            while (await s.jobs.job(job)).next_seq < 1000:
+                await anyio.sleep(0.01)
+        first = await s.jobs.receive(job)  # while it runs: what is stored so far
+        assert first
+    async with connect_local(name="twice", create=False) as s:
+        await s.jobs.wait(job, timeout=60)
+        rest = await s.jobs.receive(job)
+        assert first + rest == [str(i) for i in range(n)]
+        assert await s.jobs.receive(job) == []
