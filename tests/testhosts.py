@@ -10,8 +10,11 @@ no rc files). It records the pids it starts and stops exactly those and their de
         conn = await asyncssh.connect(h.address, h.port, **hosts.ssh_options())
 
 Faults for tests: ``kill(i)`` (sshd killed mid-command), ``pause(i)``/``resume(i)`` (host hangs),
-``restart(i)`` (same port, same host key). ``pgrep(i, pattern)`` finds the test user's processes
-that host ``i`` started (all hosts are this machine). Run by hand: ``scripts/testhosts N``.
+``restart(i)`` (same port, same host key). With ``addresses="netns"`` every sshd runs in a network
+namespace of its own, reached over a veth pair, and ``cut_network(i)``/``restore_network(i)``
+cut the link silently (no RST, no FIN: packets just stop) and mend it. ``pgrep(i, pattern)``
+finds the test user's processes that host ``i`` started (all hosts are this machine). Run by
+hand: ``scripts/testhosts N``.
 
 Setup facts behind the choices here: ``/work/shared/reference/measured-facts.md``, pitfalls 3–5.
 """
@@ -26,7 +29,9 @@ import ipaddress
 import json
 import os
 import pwd
+import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -77,7 +82,12 @@ RC_FILES = (
     ".ssh/environment",
 )
 
-Addresses = Literal["ports", "loopback-range"]
+Addresses = Literal["ports", "loopback-range", "netns"]
+
+#: The benchmarking range (RFC 2544), never routed on the internet: the veth links of netns hosts
+#: get /30s from it. A test's traffic to them goes only into namespaces the tests made.
+NETNS_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
+IPROUTE_HINT = "network namespaces need root and iproute2 (apt-get install -y iproute2)"
 
 
 class TestHostsError(RuntimeError):
@@ -133,6 +143,8 @@ class _Server:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = None
+    netns: str | None = None  # the network namespace it runs in (addresses="netns")
+    link: str | None = None  # the namespace's end of its veth pair
     # (pid, start time) of the processes whose trees belong to this host: every listener started,
     # and connections orphaned by kill(connections=False).
     roots: set[tuple[int, int]] = attrs.Factory(set)
@@ -338,6 +350,37 @@ def _free_port(addresses: Sequence[str]) -> int:
     raise TestHostsError(f"found no free port on {addresses[0]}…")
 
 
+def _ip(*args: str, netns: str | None = None) -> None:
+    """Run ``ip [-n NETNS] ARGS``; a failure raises ``TestHostsError`` with ip's own words."""
+    cmd = ["ip", *(["-n", netns] if netns else []), *args]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except FileNotFoundError:
+        raise TestHostsError(f"the ip command is missing: {IPROUTE_HINT}") from None
+    if out.returncode != 0:
+        raise TestHostsError(f"{' '.join(cmd)} failed: {out.stderr.strip()}; {IPROUTE_HINT}")
+
+
+def _free_netns_subnet(count: int) -> ipaddress.IPv4Network:
+    """A /24 of ``NETNS_RANGE`` that no interface of this machine uses (another test run may
+    hold one): room for 64 hosts, a /30 each."""
+    if count > 64:
+        raise TestHostsError(f"at most 64 netns hosts per TestHosts, asked for {count}")
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=False)
+    used = [
+        ipaddress.IPv4Interface(word).network
+        for word in out.stdout.split()
+        if "/" in word and word[0].isdigit()
+    ]
+    subnets = list(NETNS_RANGE.subnets(new_prefix=24))
+    rng = random.Random()
+    for _ in range(100):
+        net = rng.choice(subnets)
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise TestHostsError(f"found no free /24 in {NETNS_RANGE} for netns hosts")
+
+
 def _loopback_addresses(count: int) -> list[str]:
     """127.0.0.2, 127.0.0.3, … (skipping .0/.255 endings and 127.0.1.1, Debian's hostname)."""
     out: list[str] = []
@@ -393,7 +436,9 @@ class TestHosts:
     1000:30:1000``); the default keeps sshd's own (``MaxSessions 10``, ``MaxStartups 10:30:100``)
     so a test can prove them. ``max_sessions``/``max_startups`` set either limit explicitly.
     ``addresses="ports"`` puts every host on 127.0.0.1 with its own port; ``"loopback-range"`` gives
-    each its own address (127.0.0.2, 127.0.0.3, …), on one shared port where possible.
+    each its own address (127.0.0.2, 127.0.0.3, …), on one shared port where possible;
+    ``"netns"`` runs each in a network namespace of its own on port 22, reached over a veth pair
+    with a /30 from 198.18.0.0/15 (for faults that need a real link: ``cut_network``).
     ``start_timeout``: once keys are made and every sshd is launched, how long they all get to
     answer with an SSH banner before ``start()`` fails with their stderr.
     """
@@ -412,8 +457,10 @@ class TestHosts:
     ) -> None:
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
-        if addresses not in ("ports", "loopback-range"):
-            raise ValueError(f"addresses must be 'ports' or 'loopback-range', got {addresses!r}")
+        if addresses not in ("ports", "loopback-range", "netns"):
+            raise ValueError(
+                f"addresses must be 'ports', 'loopback-range' or 'netns', got {addresses!r}"
+            )
         self.count = count
         self.addresses: Addresses = addresses
         self.max_sessions = max_sessions if max_sessions is not None else (1000 if load else None)
@@ -428,6 +475,7 @@ class TestHosts:
         self._pids: list[int] = []
         self._lock = threading.Lock()
         self._user: pwd.struct_passwd | None = None
+        self._namespaces: list[str] = []  # made by start(), deleted by close()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -472,12 +520,16 @@ class TestHosts:
         os.chown(auth, 0, self._user.pw_gid)
         auth.chmod(0o640)
 
+        namespaces: list[tuple[str, str] | None] = [None] * self.count
         if self.addresses == "ports":
             addrs = ["127.0.0.1"] * self.count
             ports = [_free_port(["127.0.0.1"]) for _ in range(self.count)]
-        else:
+        elif self.addresses == "loopback-range":
             addrs = _loopback_addresses(self.count)
             ports = [_free_port(addrs)] * self.count
+        else:
+            addrs, namespaces = self._make_namespaces()
+            ports = [22] * self.count
         self._servers = [
             _Server(
                 index=i,
@@ -486,6 +538,8 @@ class TestHosts:
                 host_key=d / f"host_key_{i}",
                 config=d / f"sshd_config_{i}",
                 log=d / f"sshd_{i}.log",
+                netns=ns[0] if (ns := namespaces[i]) else None,
+                link=ns[1] if ns else None,
             )
             for i in range(self.count)
         ]
@@ -506,6 +560,10 @@ class TestHosts:
         Idempotent. Raises ``TestHostsError`` if a process outlives SIGKILL (after cleaning up the
         rest)."""
         survivors = self._kill_servers(self._servers) if self._servers else []
+        for name in self._namespaces:  # deleting one deletes its veth pair
+            with contextlib.suppress(TestHostsError):
+                _ip("netns", "delete", name)
+        self._namespaces.clear()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -638,6 +696,23 @@ class TestHosts:
         if survivors := _wait_gone(victims, time.monotonic() + 10):
             raise TestHostsError(f"sshd processes survived SIGKILL: {survivors}")
 
+    def cut_network(self, i: int) -> None:
+        """Cut the link to netns host ``i`` silently: its end of the veth pair goes down, so
+        packets to it are dropped without a reset or an ICMP error, as on a dead cable. sshd,
+        its connections and their commands live on, unaware. ``restore_network(i)`` mends it."""
+        s = self._server(i)
+        if s.netns is None or s.link is None:
+            raise TestHostsError("cut_network needs TestHosts(..., addresses='netns')")
+        _ip("link", "set", s.link, "down", netns=s.netns)
+
+    def restore_network(self, i: int) -> None:
+        """Bring the link that ``cut_network(i)`` cut back up (connections that survived the cut,
+        if TCP has not given up, carry on)."""
+        s = self._server(i)
+        if s.netns is None or s.link is None:
+            raise TestHostsError("restore_network needs TestHosts(..., addresses='netns')")
+        _ip("link", "set", s.link, "up", netns=s.netns)
+
     def pause(self, i: int) -> None:
         """SIGSTOP host ``i``'s listener and all its descendants ("host hangs"): TCP connects still
         complete (the kernel's backlog), but no banner and no channel data come."""
@@ -670,6 +745,29 @@ class TestHosts:
     def _server(self, i: int) -> _Server:
         self._check_started()
         return self._servers[i]
+
+    def _make_namespaces(self) -> tuple[list[str], list[tuple[str, str] | None]]:
+        """One network namespace per host, each with a veth pair to this one and a /30: our end
+        .1, the namespace's end .2 (where its sshd listens). Returns the addresses and the
+        (namespace, its link) pairs."""
+        token = secrets.token_hex(3)
+        subnet = _free_netns_subnet(self.count)
+        addrs: list[str] = []
+        namespaces: list[tuple[str, str] | None] = []
+        for i, net in zip(range(self.count), subnet.subnets(new_prefix=30), strict=False):
+            ns, ours, theirs = f"aj-{token}-{i}", f"ajh{token}{i}", f"ajn{token}{i}"
+            here, there = (f"{a}/30" for a in list(net.hosts())[:2])
+            _ip("netns", "add", ns)
+            self._namespaces.append(ns)
+            _ip("link", "add", ours, "type", "veth", "peer", "name", theirs, "netns", ns)
+            _ip("addr", "add", here, "dev", ours)
+            _ip("link", "set", ours, "up")
+            _ip("addr", "add", there, "dev", theirs, netns=ns)
+            _ip("link", "set", theirs, "up", netns=ns)
+            _ip("link", "set", "lo", "up", netns=ns)
+            addrs.append(there.split("/")[0])
+            namespaces.append((ns, theirs))
+        return addrs, namespaces
 
     def _keygen(self, paths: Sequence[Path]) -> None:
         for k in range(0, len(paths), 32):
@@ -740,8 +838,9 @@ class TestHosts:
         s.log_file.flush()
         # Absolute path: sshd re-execs itself for every connection. Same process group as us, so a
         # Ctrl-C that kills the test run kills the sshds too.
+        netns = ["ip", "netns", "exec", s.netns] if s.netns else []  # it execs: same pid
         s.proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(s.config)],
+            [*netns, SSHD, "-D", "-e", "-f", str(s.config)],
             stdin=subprocess.DEVNULL,
             stdout=s.log_file,
             stderr=s.log_file,
@@ -880,7 +979,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--max-sessions", type=int, default=None)
     parser.add_argument("--max-startups", default=None)
-    parser.add_argument("--addresses", choices=["ports", "loopback-range"], default="ports")
+    parser.add_argument(
+        "--addresses", choices=["ports", "loopback-range", "netns"], default="ports"
+    )
     parser.add_argument(
         "--seconds", type=float, default=None, help="stop by itself after this long"
     )
