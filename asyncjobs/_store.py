@@ -60,7 +60,8 @@ _CODE: Final = {s: i for i, s in enumerate(_CODES)}
 _CHUNK_RECORDS: Final = 4096  # a chunk holds at most this many records
 _CHUNK_BYTES: Final = 1 << 20  # and this many value bytes (or one bigger value)
 # Past about this many 8 KiB pages of WAL the checkpointer thread copies it into the database
-# (fsyncs included). The writer never checkpoints itself: that took ~40 % of a bulk append.
+# (fsyncs included). The writer does not checkpoint itself (that took ~40 % of a bulk append);
+# it only waits while the thread copies the last frames, so that the WAL can start over.
 _WAL_PAGES: Final = 1000
 _ACTIVE: Final = ACTIVE_VALUES
 _NONE = type(None)
@@ -325,8 +326,9 @@ class _Checkpointer:
     added about ``_WAL_PAGES`` pages since the last one. The thread is started by the first
     ``poke`` and joined by ``close``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writer_lock: threading.Lock) -> None:
         self._path = path
+        self._writer_lock = writer_lock
         self._wake = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -350,7 +352,20 @@ class _Checkpointer:
                     return
                 # On an error the next poke tries again; the WAL keeps every commit meanwhile.
                 with suppress(sqlite3.Error):
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self._checkpoint(conn)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL, then its tail with the writer held for a moment: the WAL starts
+        over only once all of it is copied, which a busy writer would never let happen."""
+        checkpoint = "PRAGMA wal_checkpoint(PASSIVE)"
+        before = -1
+        for _ in range(2):  # each pass copies what the writer added during the last one
+            (_, frames, _), = conn.execute(checkpoint).fetchall()
+            if frames - before < _WAL_PAGES // 8:
+                break
+            before = frames
+        with self._writer_lock:
+            conn.execute(checkpoint).fetchall()
 
     def close(self) -> None:
         self._closing = True
@@ -372,7 +387,7 @@ class Store:
         self._idle: list[sqlite3.Connection] = []  # reader connections not in use
         self._closed = False
         self._last_id = 0  # the greatest job id this store gave out or reserved
-        self._checkpointer = _Checkpointer(path)
+        self._checkpointer = _Checkpointer(path, self._lock)
 
     @classmethod
     def open(cls, path: Path | str) -> Store:

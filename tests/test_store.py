@@ -22,6 +22,7 @@ from asyncjobs import STREAMS, JobArgumentError, NoSuchJob
 from asyncjobs._store import (
     SCHEMA_VERSION,
     JobRow,
+    Piece,
     SessionRow,
     Store,
     StoredRecord,
@@ -531,3 +532,42 @@ def test_recover_fails_every_active_state(store: Store) -> None:
     assert all(after[s].state == "Failed" and after[s].reason == "host died" for s in states[:7])  # type: ignore[union-attr]
     assert [after[s].state for s in states[7:]] == ["Completed", "Failed", "Stopped"]  # type: ignore[union-attr]
     assert after["Failed"].reason == "old"  # type: ignore[union-attr]
+
+
+def test_append_pieces_stores_what_append_would(store: Store) -> None:
+    rng = random.Random(7)
+    one, other = new_job(store), new_job(store)
+    for _ in range(40):
+        n = rng.choice((1, 3, 700, 5000))
+        stream = rng.choice(("output", "error", "warning"))
+        values = [rng.randbytes(rng.choice((0, 1, 90, 3000))) for _ in range(n)]
+        if rng.random() < 0.05:
+            values[0] = b"v" * (1 << 20) + b"v"  # bigger than a chunk: one of its own
+        t = rng.random() * 1000
+        store.append_pieces(one.id, [Piece.of(stream, values, t)])  # type: ignore[arg-type]
+        store.append(other.id, [(stream, v, t) for v in values])
+    strip = [(r.seq, r.stream, r.value, r.time) for r in store.read(one.id)]
+    assert strip == [(r.seq, r.stream, r.value, r.time) for r in store.read(other.id)]
+    assert store.unreceived(one.id) == store.unreceived(other.id) == len(strip)
+    assert store.append_pieces(one.id, []) == len(strip)
+    piece = Piece.of("output", [b"a", b"bc", b"def"], 1.0)
+    head, tail = piece.cut(2)
+    assert (head.records, head.values, tail.records, tail.values) == (2, b"abc", 1, b"def")
+
+
+def test_the_wal_is_checkpointed_by_a_thread_and_stays_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with Store.open(path) as store:
+        job = new_job(store)
+        value = b"x" * 999
+        for _ in range(100):  # 100 MB: a dozen checkpoints' worth
+            store.append_pieces(job.id, [Piece.of("output", [value] * 1000, 0.0)])
+        assert store._checkpointer._thread is not None
+        wal = path.with_name("store.db-wal").stat().st_size
+        assert wal < 80_000_000  # reused after each checkpoint (without them: over 100 MB)
+        thread = store._checkpointer._thread
+    assert not thread.is_alive()  # joined by close
+    with Store.open(path) as store:
+        assert store.job(job.id).next_seq == 100_000  # type: ignore[union-attr]
+        assert store.read(job.id, 99_999)[0].value == value
+    assert path.stat().st_size >= 100_000_000  # the records reached the database file
