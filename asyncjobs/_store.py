@@ -360,7 +360,7 @@ class _Checkpointer:
         checkpoint = "PRAGMA wal_checkpoint(PASSIVE)"
         before = -1
         for _ in range(2):  # each pass copies what the writer added during the last one
-            (_, frames, _), = conn.execute(checkpoint).fetchall()
+            ((_, frames, _),) = conn.execute(checkpoint).fetchall()
             if frames - before < _WAL_PAGES // 8:
                 break
             before = frames
