@@ -17,6 +17,7 @@ The remote command is wrapped so that its first stdout line carries its process 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from typing import Final, final
@@ -125,7 +126,10 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
             return b""
         self._head = None
         if head.startswith(MARK) and newline >= 0:
-            self._progress.pgid = int(head[len(MARK) : newline])
+            # An exception here would be raised inside asyncssh's protocol: a marker line that
+            # is not a number is taken off all the same, and stop() then just closes.
+            with contextlib.suppress(ValueError):
+                self._progress.pgid = int(head[len(MARK) : newline])
             head = head[newline + 1 :]
         self._progress.pgid_known.set()
         return head

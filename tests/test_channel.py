@@ -88,3 +88,12 @@ async def test_a_full_block_buffer_backlogs_in_order_until_received() -> None:
                     await changed.wait()
             got += [r.value for r in records]
     assert got == [str(i) for i in range(10)]
+
+
+async def test_a_garbled_marker_is_taken_off_without_an_error() -> None:
+    chan, log = channel(lines=True)
+    chan.data_received(MARK + b"not-a-pid\nreal output\n", None)
+    chan.connection_lost(None)
+    await chan.drain()
+    assert chan._progress.pgid is None and chan._progress.pgid_known.is_set()
+    assert [r.value for r in log.read(0)] == ["real output"]
