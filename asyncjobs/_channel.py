@@ -76,6 +76,7 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
         self._closed = False  # the channel is gone (connection_lost)
         self._discard = False  # we are closing it: what still arrives is dropped
         self._interrupted = False  # drain() returns early: the job is being stopped
+        self._error: Exception | None = None  # raised by drain(): appending failed
         self._wake = anyio.Event()
         self._loop = asyncio.get_running_loop()  # remote jobs run on asyncio (asyncssh)
         self.t_open = time.perf_counter()
@@ -178,9 +179,20 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
                 self._log.append_nowait(stream, item)
             except anyio.WouldBlock:  # a full block buffer: hold the peer
                 self._pause()
+            except Exception as exc:  # e.g. spilling failed (disk full)
+                self._fail(exc)
+                return
             else:
                 return
         self._backlog.append((stream, item))
+
+    def _fail(self, exc: Exception) -> None:
+        """An error here would be raised inside asyncssh's protocol and take the whole
+        connection down: it ends this channel instead, and ``drain()`` raises it in the job's
+        task, so that only this job fails."""
+        if self._error is None:
+            self._error = exc
+        self.close()
 
     def _pause(self) -> None:
         if not self._paused and self._chan is not None:
@@ -205,6 +217,8 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
             if self._paused and self._chan is not None:
                 self._paused = False
                 self._chan.resume_reading()  # delivers what asyncssh held, maybe pausing again
+            if self._error is not None:
+                raise self._error
             if (self._closed or self._interrupted) and not self._backlog:
                 return
 

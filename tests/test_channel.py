@@ -10,6 +10,7 @@ import anyio.lowlevel
 import asyncssh
 import pytest
 
+import asyncjobs
 from asyncjobs import Buffer
 from asyncjobs._channel import MARK, CommandChannel, CommandProgress
 from asyncjobs._log import RecordLog
@@ -97,3 +98,12 @@ async def test_a_garbled_marker_is_taken_off_without_an_error() -> None:
     await chan.drain()
     assert chan._progress.pgid is None and chan._progress.pgid_known.is_set()
     assert [r.value for r in log.read(0)] == ["real output"]
+
+
+async def test_an_append_that_fails_fails_the_drain_not_asyncssh() -> None:
+    # An ended log refuses records; any such error must surface in the job's task.
+    chan, log = channel(lines=True)
+    log.end()
+    chan.data_received(MARK + b"1\nafter the end\n", None)  # must not raise here
+    with pytest.raises(asyncjobs.JobStateError, match="takes no more records"):
+        await chan.drain()
