@@ -45,7 +45,6 @@ from ._log import RecordLog
 from ._models import STREAMS, Buffer
 from ._protocol import (
     PROTOCOL_VERSION,
-    Batch,
     ErrorInfo,
     FrameStream,
     Hello,
@@ -54,12 +53,14 @@ from ._protocol import (
     Response,
     SessionInfo,
     Welcome,
-    WireRecord,
+    encode_value,
+    encoded_rows,
     error_to_wire,
 )
 from ._runner import run_in_slot
 from ._state import ACTIVE_VALUES, JobState
 from ._store import JobRow, Piece, SessionRow, Store, StoredRecord
+from ._wire import STREAM_CODES
 
 #: Unreceived records a job of a disconnected session may hold before ``output_buffering``
 #: acts: ``block`` stops taking its output (its pipe fills, the program waits), ``drop``
@@ -72,23 +73,29 @@ STOP_GRACE: Final = 5.0  # seconds between SIGTERM and SIGKILL when a job is sto
 _ACTIVE: Final = ACTIVE_VALUES
 
 
-def _wire(records: list[StoredRecord]) -> list[WireRecord]:
-    return [WireRecord(r.seq, r.stream, unpack_value(r.value), r.time) for r in records]
-
-
 #: Bytes of record values in one answer: well inside the protocol's frame limit, even for
 #: bytes values (base64) and JSON's quoting.
 PAGE_BYTES: Final = 6 * 1024 * 1024
+_TEXT: Final = ord("s")  # pack_value's kind byte of a str
 
 
-def _page(records: list[StoredRecord]) -> list[StoredRecord]:
-    """The longest prefix of ``records`` whose values fit in ``PAGE_BYTES`` (at least one)."""
+def _page(records: list[StoredRecord]) -> list[list[Any]]:
+    """The longest prefix of ``records`` whose values fit in ``PAGE_BYTES`` (at least one),
+    as the wire's record rows: ``[seq, stream code, value, time]``, values unpacked and
+    encoded (``encode_records``'s rows, made in one pass)."""
+    rows: list[list[Any]] = []
     total = 0
-    for i, record in enumerate(records):
-        total += len(record.value) + 32
-        if total > PAGE_BYTES and i > 0:
-            return records[:i]
-    return records
+    codes = STREAM_CODES
+    for seq, stream, blob, stamp in records:
+        total += len(blob) + 32
+        if total > PAGE_BYTES and rows:
+            break
+        if blob[0] == _TEXT:  # command output: no object but the str
+            value = blob[1:].decode("utf-8", "surrogatepass")
+        else:
+            value = encode_value(unpack_value(blob))
+        rows.append([seq, codes[stream], value, stamp])
+    return rows
 
 
 @attrs.define(eq=False)
@@ -612,8 +619,8 @@ class JobHost:
         limit: int | None = None,
         wait: float | None = None,
         unreceived: bool = False,
-    ) -> Batch:
-        def fetch() -> list[StoredRecord]:
+    ) -> dict[str, Any]:
+        def fetch() -> list[list[Any]]:
             return _page(
                 self.store.read(
                     job, from_seq, streams=streams, limit=limit, unreceived_only=unreceived
@@ -629,10 +636,10 @@ class JobHost:
         streams: list[str] | None = None,
         limit: int | None = None,
         wait: float | None = None,
-    ) -> Batch:
+    ) -> dict[str, Any]:
         chosen = streams or list(STREAMS)
 
-        def fetch() -> list[StoredRecord]:
+        def fetch() -> list[list[Any]]:
             # Look first, cut the page to what fits in a frame, then take exactly that: a
             # record is marked received only if it is really on its way.
             page = _page(self.store.read(job, 0, streams=chosen, limit=limit, unreceived_only=True))
@@ -647,8 +654,8 @@ class JobHost:
         return batch
 
     async def _reading(
-        self, job_id: int, wait: float | None, fetch: Callable[[], list[StoredRecord]]
-    ) -> Batch:
+        self, job_id: int, wait: float | None, fetch: Callable[[], list[list[Any]]]
+    ) -> dict[str, Any]:
         """Fetch records; if none and ``wait`` > 0 while the job runs, long-poll for more."""
         self._row(job_id)
         records = fetch()
@@ -658,8 +665,10 @@ class JobHost:
                 await host_job.appended.wait()
             records = fetch()
         row = self._row(job_id)
-        next_seq = records[-1].seq + 1 if records else row.next_seq
-        return Batch(records=_wire(records), next_seq=next_seq, job=self._info(row))
+        next_seq = records[-1][0] + 1 if records else row.next_seq
+        # A Batch on the wire, its rows encoded already (a Batch object would encode them).
+        info = self._info(row).to_wire()
+        return {"records": encoded_rows(records), "next_seq": next_seq, "job": info}
 
     async def _op_stop(self, session: _Session, job: int) -> JobInfo:
         row = self._row(job)

@@ -10,7 +10,7 @@ each other's output, and a controller that reconnects goes on from the last seq 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, final
@@ -35,8 +35,11 @@ from ._protocol import (
     Welcome,
     check_version,
     decode_message,
+    decode_value,
     error_from_wire,
+    parse_page,
     parse_result,
+    peek_page,
 )
 from ._state import JobState, state_named
 from ._util import Opener
@@ -120,23 +123,44 @@ class HostConnection:
 
     async def request(self, op: str, **args: Any) -> Any:
         """Call ``op`` on the host; its result made into objects (``parse_result``)."""
+        result = await self.result(await self.send(op, **args))
+        return parse_result(op, decode_value(result))
+
+    async def connection(self) -> HostConnection:
+        return self
+
+    async def send(self, op: str, **args: Any) -> int:
+        """Send a request; ``result(id)`` waits for its answer (a reader of many pages asks
+        for the next one before it decodes the last). Returns the request's id."""
         self._check()
         request_id = self._next_id
         self._next_id += 1
         self._answers[request_id] = None
         try:
-            try:
-                await self._frames.send(Request(request_id, op, args).to_wire())
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            await self._frames.send(Request(request_id, op, args).to_wire())
+        except BaseException as exc:
+            self._answers.pop(request_id, None)
+            if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError | OSError):
                 self._broken = exc
                 self._check()
+            raise
+        return request_id
+
+    async def result(self, request_id: int) -> Any:
+        """The answer to request ``request_id``, as JSON gave it (values not decoded); a
+        failed request raises its error."""
+        try:
             response = await self._answer(request_id)
         finally:
             self._answers.pop(request_id, None)
         if not response.ok:
             assert response.error is not None
             raise error_from_wire(response.error)
-        return parse_result(op, response.result)
+        return response.result
+
+    def forget(self, request_id: int) -> None:
+        """Drop the answer of a request nobody will wait for (it is discarded on arrival)."""
+        self._answers.pop(request_id, None)
 
     async def _answer(self, request_id: int) -> Response:
         while (response := self._answers.get(request_id)) is None:
@@ -147,7 +171,7 @@ class HostConnection:
             self._reading = True
             try:
                 frame = await self._frames.receive()
-                got = Response.from_wire(frame)
+                got = Response.from_wire_raw(frame)
                 if got.id in self._answers:
                     self._answers[got.id] = got
             except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
@@ -175,6 +199,10 @@ class Requester(Protocol):
     an SSH session."""
 
     async def request(self, op: str, **args: Any) -> Any: ...
+
+    async def connection(self) -> HostConnection:
+        """The connection itself, for pipelined requests (``send``, then ``result``)."""
+        ...
 
 
 @final
@@ -233,22 +261,39 @@ class HostJobs:
         limit: int | None = None,
     ) -> list[Record]:
         """Records from ``from_seq`` on, received or not; moves nothing (keep)."""
+        args = {"job": _job_id(job), "streams": _streams(streams)}
+        return await self._pages(args, from_seq, limit)
+
+    async def _pages(self, args: dict[str, Any], seq: int, limit: int | None) -> list[Record]:
+        """Every record ``read`` gives from ``seq`` on (at most ``limit``), page by page, the
+        next page asked for before this one is decoded, so that the host reads it meanwhile.
+
+        A page may come back short (the host cuts pages to fit a frame): only an empty one,
+        or reaching the job's ``next_seq`` at the first answer (what existed when we began:
+        a busy job can't keep us), means there is no more."""
+        c = await self._c.connection()
+
+        def ask(seq: int, have: int) -> Awaitable[int]:
+            page = _PAGE if limit is None else min(_PAGE, limit - have)
+            return c.send("read", from_seq=seq, limit=page, **args)
+
         records: list[Record] = []
-        seq = from_seq
-        end: int | None = None  # what existed at the first answer: a busy job can't keep us
-        while True:
-            page = _PAGE if limit is None else min(_PAGE, limit - len(records))
-            batch: Batch = await self._c.request(
-                "read", job=_job_id(job), from_seq=seq, streams=_streams(streams), limit=page
-            )
-            got = batch.to_records(batch.job.location)
-            records.extend(got)
-            end = batch.job.next_seq if end is None else end
-            # A page may come back short (the host cuts pages to fit a frame): only an empty
-            # one, or reaching what existed when we started, means there is no more.
-            seq = batch.next_seq
-            if not got or seq >= end or (limit is not None and len(records) >= limit):
-                return records
+        end: int | None = None
+        pending: int | None = await ask(seq, 0)
+        try:
+            while pending is not None:
+                raw = await c.result(pending)
+                pending = None
+                count, seq, job_seq = peek_page(raw)
+                end = job_seq if end is None else end
+                have = len(records) + count
+                if count and seq < end and (limit is None or have < limit):
+                    pending = await ask(seq, have)
+                records.extend(parse_page(raw).records)
+        finally:
+            if pending is not None:
+                c.forget(pending)
+        return records
 
     async def receive_records(
         self, job: JobRef, *, keep: bool = False, streams: Iterable[StreamName] | None = None
@@ -256,21 +301,16 @@ class HostJobs:
         """The records not yet received, in the order produced (receive-once, global to the
         host as in PowerShell; ``keep=True`` leaves them for the next receiver)."""
         chosen = _streams(streams) or list(STREAMS)
+        if keep:  # nothing is consumed: pages can be asked for ahead
+            args = {"job": _job_id(job), "streams": chosen, "unreceived": True}
+            return await self._pages(args, 0, None)
         records: list[Record] = []
         seq = 0
         end: int | None = None
         while True:
-            if keep:
-                batch: Batch = await self._c.request(
-                    "read",
-                    job=_job_id(job),
-                    from_seq=seq,
-                    streams=chosen,
-                    limit=_PAGE,
-                    unreceived=True,
-                )
-            else:
-                batch = await self._c.request("take", job=_job_id(job), streams=chosen, limit=_PAGE)
+            batch: Batch = await self._c.request(
+                "take", job=_job_id(job), streams=chosen, limit=_PAGE
+            )
             got = batch.to_records(batch.job.location)
             records.extend(got)
             end = batch.job.next_seq if end is None else end

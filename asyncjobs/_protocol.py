@@ -63,6 +63,8 @@ from ._wire import decode_value as decode_value
 from ._wire import encode_frame as encode_frame
 from ._wire import encode_records as encode_records
 from ._wire import encode_value as encode_value
+from ._wire import encoded_rows as encoded_rows
+from ._wire import raw_records as raw_records
 
 _MAX_ID: Final = 2**63 - 1
 KINDS: Final = ("ThreadJob", "BackgroundJob", "RemoteJob")
@@ -351,12 +353,19 @@ class Response(_Shape):
 
     @classmethod
     def from_wire(cls, data: Any) -> Self:
+        response = cls.from_wire_raw(data)
+        return attrs.evolve(response, result=decode_value(response.result))
+
+    @classmethod
+    def from_wire_raw(cls, data: Any) -> Self:
+        """``from_wire`` that leaves ``result`` as JSON gave it: ``parse_page`` decodes a
+        page's values while it makes its records, in one pass instead of two."""
         response = super().from_wire(data)
         if response.ok != (response.error is None):
             raise ProtocolError("Response: field 'error' must be null if and only if 'ok' is true")
         if response.error is not None and response.result is not None:
             raise ProtocolError("Response: field 'result' must be null when 'ok' is false")
-        return attrs.evolve(response, result=decode_value(response.result))
+        return response
 
 
 Message = Hello | Welcome | Request | Response
@@ -470,6 +479,45 @@ class Batch(_Shape):
 
     def to_wire(self) -> dict[str, Any]:
         return super().to_wire() | {"records": encode_records(self.records)}
+
+
+@attrs.frozen(kw_only=True)
+class Page:
+    """A ``Batch`` as a controller that reads many of them takes it: ``Record``\\ s made
+    straight from the rows (``parse_page``)."""
+
+    records: list[Record]
+    next_seq: int
+    job: JobInfo
+
+
+_PAGE_SPEC: Final[Spec] = {
+    "records": (anything, REQUIRED),  # checked by raw_records, once the job is known
+    "next_seq": (integer(0), REQUIRED),
+    "job": (lambda v: JobInfo.from_wire(decode_value(v)), REQUIRED),
+}
+
+
+def parse_page(raw: Any) -> Page:
+    """The raw (not yet decoded) result of ``read`` or ``take``, every field checked."""
+    fields = read_fields("Batch", raw, _PAGE_SPEC)
+    job: JobInfo = fields["job"]
+    records = raw_records(fields["records"], job.id, job.location)
+    return Page(records=records, next_seq=fields["next_seq"], job=job)
+
+
+def peek_page(raw: Any) -> tuple[int, int, int]:
+    """Of a raw ``read`` result, without decoding it: how many records it holds, its
+    ``next_seq``, and the job's ``next_seq`` (what a reader needs to ask for the next page
+    before it decodes this one). A malformed result raises ``parse_page``'s error."""
+    try:
+        rows, seq, job_seq = raw["records"], raw["next_seq"], raw["job"]["next_seq"]
+        if type(rows) is list and type(seq) is int and type(job_seq) is int:
+            return len(rows), seq, job_seq
+    except (TypeError, KeyError):
+        pass
+    parse_page(raw)  # names what is wrong
+    raise ProtocolError(f"Batch: malformed, got {show(raw)}")
 
 
 @attrs.frozen(kw_only=True)

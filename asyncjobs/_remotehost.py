@@ -17,7 +17,7 @@ import anyio.abc
 import asyncssh
 
 from ._errors import AsyncJobsError
-from ._hostclient import HostSession, open_host_session
+from ._hostclient import HostConnection, HostSession, open_host_session
 from ._protocol import SessionInfo
 from ._runtime import bridge_command, build_runtime, check_script, install_script
 from ._ssh import map_ssh_errors, open_connection
@@ -137,6 +137,9 @@ class RemoteHostConnection:
 
     async def request(self, op: str, **args: Any) -> Any:
         return await (await self.host())._c.request(op, **args)
+
+    async def connection(self) -> HostConnection:
+        return (await self.host())._c
 
     def reset(self) -> None:
         """The connection was made again: the next request opens a new bridge, and the job

@@ -149,9 +149,9 @@ class JobRow:
     unreceived: int = 0
 
 
-@attrs.frozen
-class StoredRecord:
-    """One record of a job's log; ``value`` is opaque bytes (the protocol layer decodes it)."""
+class StoredRecord(NamedTuple):
+    """One record of a job's log; ``value`` is opaque bytes (the protocol layer decodes it).
+    A named tuple: a reattach reads a million of them."""
 
     seq: int
     stream: StreamName

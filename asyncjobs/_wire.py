@@ -486,6 +486,12 @@ def encode_records(records: Iterable[RecordLike]) -> list[list[Any]]:
     )
 
 
+def encoded_rows(rows: list[list[Any]]) -> list[list[Any]]:
+    """Rows made as ``encode_records`` makes them (values encoded), marked so that the
+    enclosing message passes them through as they are."""
+    return _Encoded(rows)
+
+
 @overload
 def decode_records(data: Any) -> list[WireRecord]: ...
 @overload
@@ -508,10 +514,21 @@ def record_rows(v: Any) -> list[WireRecord]:
     return _rows(v, WireRecord)
 
 
-def _rows(v: Any, make: Callable[[int, StreamName, Any, float], _R]) -> list[_R]:
+def raw_records(data: Any, job_id: int, location: str) -> list[Record]:
+    """``Record``\\ s of ``job_id`` at ``location`` from rows as ``json.loads`` gave them (values
+    not decoded yet: they are decoded here, in the same pass), every field checked."""
+    try:
+        return _rows(data, lambda s, st, v, t: Record(st, v, job_id, location, s, t), decode=True)
+    except Bad as bad:
+        raise ProtocolError(f"records{bad.where} {bad.rule}, got {show(bad.value)}") from None
+
+
+def _rows(
+    v: Any, make: Callable[[int, StreamName, Any, float], _R], *, decode: bool = False
+) -> list[_R]:
     if type(v) is not list:
         raise Bad("must be a list of [seq, stream code, value, time]", v)
-    streams, count, out = STREAMS, len(STREAMS), []
+    streams, count, out, leaves = STREAMS, len(STREAMS), [], _LEAVES
     for row in v:  # the fast path; _row says what is wrong
         if type(row) is list and len(row) == 4:
             seq, code, value, time = row
@@ -523,10 +540,12 @@ def _rows(v: Any, make: Callable[[int, StreamName, Any, float], _R]) -> list[_R]
                 and type(time) is float
                 and 0 <= time < math.inf
             ):
+                if decode and type(value) not in leaves:
+                    value = _decode(value)
                 out.append(make(seq, streams[code], value, time))
                 continue
         seq, stream, value, time = _row(row, f"[{len(out)}]")
-        out.append(make(seq, stream, value, time))
+        out.append(make(seq, stream, _decode(value) if decode else value, time))
     return out
 
 
