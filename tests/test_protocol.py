@@ -50,9 +50,12 @@ from asyncjobs._protocol import (
     encode_frame,
     encode_records,
     encode_value,
+    encoded_rows,
     error_from_wire,
     error_to_wire,
+    parse_page,
     parse_result,
+    peek_page,
     validate_args,
 )
 from asyncjobs._wire import HEADER
@@ -675,6 +678,43 @@ def test_batch_round_trip_and_records_for_the_api() -> None:
         Record("output", "a", 3, "build1", 7, 1.0),
         Record("warning", b"w", 3, "build1", 9, 2.0),
     ]
+
+
+def test_pages_decode_values_while_making_records() -> None:
+    # The host sends rows it encoded itself; a pipelining reader peeks, then parses.
+    rows = encoded_rows([[7, 0, "a", 1.0], [9, 2, encode_value(b"\xff"), 2.0]])
+    result = {"records": rows, "next_seq": 10, "job": INFO.to_wire()}
+    wire = json.loads(json.dumps(Response.success(4, result).to_wire()))
+    raw = Response.from_wire_raw(wire).result
+    assert raw["records"][1][2] == {"$b": "/w=="}  # not decoded yet
+    assert peek_page(raw) == (2, 10, INFO.next_seq)
+    page = parse_page(raw)
+    assert page.next_seq == 10 and page.job == INFO
+    assert page.records == [
+        Record("output", "a", INFO.id, INFO.location, 7, 1.0),
+        Record("warning", b"\xff", INFO.id, INFO.location, 9, 2.0),
+    ]
+    assert parse_page(decode_value(raw)) == page  # decoding twice changes nothing
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda r: r.pop("next_seq"), "Batch: field 'next_seq' is missing"),
+        (lambda r: r.update(next_seq="1"), "Batch: field 'next_seq' must be an int >= 0"),
+        (lambda r: r.update(records={}), "records must be a list"),
+        (lambda r: r["job"].update(next_seq=None), "JobInfo: field 'next_seq'"),
+        (lambda r: r.update(records=[[0, 0, {"$b": "!"}, 1.0]]), "tagged \\$b is not base64"),
+    ],
+)
+def test_bad_pages(mangle: Any, message: str) -> None:
+    raw = {"records": [[0, 0, "x", 1.0]], "next_seq": 1, "job": INFO.to_wire()}
+    mangle(raw)
+    with pytest.raises(ProtocolError, match=message):
+        parse_page(raw)
+    if "$b" not in message:  # a value is decoded by parse_page, not looked at by peek_page
+        with pytest.raises(ProtocolError, match=message):
+            peek_page(raw)
 
 
 def test_every_op_has_a_result_shape() -> None:
