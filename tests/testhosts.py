@@ -686,13 +686,7 @@ class TestHosts:
         victims = {p for p in self._host_pids(s) if _comm(p) == "sshd"}
         for p in victims:
             _signal(p, signal.SIGKILL)
-        if s.proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                s.proc.wait(timeout=10)
-            s.proc = None
-        if s.log_file is not None:
-            s.log_file.close()
-            s.log_file = None
+        self._reap_listener(s)
         if survivors := _wait_gone(victims, time.monotonic() + 10):
             raise TestHostsError(f"sshd processes survived SIGKILL: {survivors}")
 
@@ -942,16 +936,21 @@ class TestHosts:
         for p in victims:
             _signal(p, signal.SIGKILL)
         for s in servers:
-            if s.proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    s.proc.wait(timeout=10)
-                s.proc = None
-            if s.log_file is not None:
-                s.log_file.close()
-                s.log_file = None
+            self._reap_listener(s)
         # Descendants were reparented to init when the listener died: wait until they are gone
         # (or zombies: init reaps them in its own time).
         return _wait_gone(victims, time.monotonic() + 10)
+
+    @staticmethod
+    def _reap_listener(s: _Server) -> None:
+        """After SIGKILL: reap ``s``'s listener (if we started one) and close its log."""
+        if s.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                s.proc.wait(timeout=10)
+            s.proc = None
+        if s.log_file is not None:
+            s.log_file.close()
+            s.log_file = None
 
     def _write_known_hosts(self) -> None:
         lines = []
