@@ -13,7 +13,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 
 def parser(description: str, *, backends: bool = True) -> argparse.ArgumentParser:
@@ -194,3 +194,36 @@ class CpuClock:
         for pid, used in kids.items():
             total += used - self._kids.get(pid, 0.0)
         self.seconds = total
+
+
+#: One timed round of a benchmark side: ``(wall seconds, CPU seconds)``.
+Round = Callable[[], Awaitable[tuple[float, float]]]
+
+
+class Pairs:
+    """What ``alternate`` measured, in milliseconds: walls and CPU times, one per repeat."""
+
+    def __init__(self) -> None:
+        self.ours: list[float] = []
+        self.theirs: list[float] = []
+        self.cpu_ours: list[float] = []
+        self.cpu_theirs: list[float] = []
+
+
+async def alternate(ours: Round, theirs: Round, repeats: int, *, yardstick: str) -> Pairs:
+    """Run the asyncjobs round and the yardstick's alternately (A, B, A, B, ...) ``repeats``
+    times, printing each pair as it comes; warm-ups are the caller's."""
+    pairs = Pairs()
+    sides = ((ours, pairs.ours, pairs.cpu_ours), (theirs, pairs.theirs, pairs.cpu_theirs))
+    for i in range(repeats):
+        for side, walls, cpus in sides:
+            wall, cpu = await side()
+            walls.append(wall * 1000)
+            cpus.append(cpu * 1000)
+        a, b = pairs.ours[-1], pairs.theirs[-1]
+        print(
+            f"  repeat {i + 1}/{repeats}: asyncjobs {a:8.1f} ms   {yardstick} {b:8.1f} ms   "
+            f"ratio {a / b:.2f}",
+            flush=True,
+        )
+    return pairs

@@ -19,7 +19,7 @@ import shutil
 import time
 
 import anyio
-from _common import CpuClock, header, median, parser, report_pair
+from _common import CpuClock, alternate, header, median, parser, report_pair
 
 import asyncjobs
 
@@ -100,36 +100,27 @@ async def main_async(n: int, repeats: int, limit: int, backend: str) -> float:
         await anyio.sleep(1.0)  # let whatever the manager starts on entry settle
         await asyncjobs_round(jobs, min(n, 32), argv)  # warm-up: imports, child watcher, caches
         await yardstick(min(n, 32), limit, argv)
-        ours: list[float] = []
-        theirs: list[float] = []
-        cpu_ours: list[float] = []
-        cpu_theirs: list[float] = []
-        for i in range(repeats):
-            wall, cpu = await asyncjobs_round(jobs, n, argv)
-            ours.append(wall)
-            cpu_ours.append(cpu * 1000)
-            wall, cpu = await yardstick(n, limit, argv)
-            theirs.append(wall)
-            cpu_theirs.append(cpu * 1000)
-            print(
-                f"  repeat {i + 1}/{repeats}: asyncjobs {ours[-1] * 1000:8.1f} ms   "
-                f"yardstick {theirs[-1] * 1000:8.1f} ms   ratio {ours[-1] / theirs[-1]:.2f}",
-                flush=True,
-            )
+        pairs = await alternate(
+            lambda: asyncjobs_round(jobs, n, argv),
+            lambda: yardstick(n, limit, argv),
+            repeats,
+            yardstick="yardstick",
+        )
     print(f"  {n} command jobs {argv}, process_limit={limit}")
     ratio = report_pair(
         f"{n} commands",
-        [x * 1000 for x in ours],
-        [x * 1000 for x in theirs],
+        pairs.ours,
+        pairs.theirs,
         unit="ms",
         yardstick=what,
         goal=GOAL,
-        cpu=(cpu_ours, cpu_theirs),
+        cpu=(pairs.cpu_ours, pairs.cpu_theirs),
     )
+    ours, theirs = median(pairs.ours) / 1000, median(pairs.theirs) / 1000
     print(
-        f"  per command: asyncjobs {median(ours) / n * 1000:.2f} ms, "
-        f"yardstick {median(theirs) / n * 1000:.2f} ms; "
-        f"rate {n / median(ours):,.0f}/s vs {n / median(theirs):,.0f}/s"
+        f"  per command: asyncjobs {ours / n * 1000:.2f} ms, "
+        f"yardstick {theirs / n * 1000:.2f} ms; "
+        f"rate {n / ours:,.0f}/s vs {n / theirs:,.0f}/s"
     )
     return ratio
 

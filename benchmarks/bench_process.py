@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from _common import CpuClock, header, median, parser, report_pair
+from _common import CpuClock, alternate, header, median, parser, report_pair
 
 import asyncjobs
 
@@ -98,36 +98,27 @@ async def reused(
     # Warm-up: every worker of both sides started and has run a call.
     await asyncjobs_round(jobs, max(n // 5, 4 * workers))
     await anyio.to_thread.run_sync(pool_round, pool, max(n // 5, 4 * workers))
-    ours: list[float] = []
-    theirs: list[float] = []
-    cpu_ours: list[float] = []
-    cpu_theirs: list[float] = []
-    for i in range(repeats):
-        wall, cpu = await asyncjobs_round(jobs, n)
-        ours.append(wall)
-        cpu_ours.append(cpu * 1000)
-        wall, cpu = await anyio.to_thread.run_sync(pool_round, pool, n)
-        theirs.append(wall)
-        cpu_theirs.append(cpu * 1000)
-        print(
-            f"  repeat {i + 1}/{repeats}: asyncjobs {ours[-1] * 1000:8.1f} ms   "
-            f"ProcessPoolExecutor {theirs[-1] * 1000:8.1f} ms   ratio {ours[-1] / theirs[-1]:.2f}",
-            flush=True,
-        )
+    pairs = await alternate(
+        lambda: asyncjobs_round(jobs, n),
+        lambda: anyio.to_thread.run_sync(pool_round, pool, n),
+        repeats,
+        yardstick="ProcessPoolExecutor",
+    )
     print(f"(1) {n} process jobs of square(i) on {workers} reused workers")
     report_pair(
         f"{n} calls",
-        [x * 1000 for x in ours],
-        [x * 1000 for x in theirs],
+        pairs.ours,
+        pairs.theirs,
         unit="ms",
         yardstick=f"ProcessPoolExecutor({workers}): {n} x submit(square, i), then result()",
         goal=GOAL,
-        cpu=(cpu_ours, cpu_theirs),
+        cpu=(pairs.cpu_ours, pairs.cpu_theirs),
     )
+    ours, theirs = median(pairs.ours) / 1000, median(pairs.theirs) / 1000
     print(
-        f"  per call: asyncjobs {median(ours) / n * 1e6:.0f} us, "
-        f"ProcessPoolExecutor {median(theirs) / n * 1e6:.0f} us; "
-        f"rate {n / median(ours):,.0f}/s vs {n / median(theirs):,.0f}/s"
+        f"  per call: asyncjobs {ours / n * 1e6:.0f} us, "
+        f"ProcessPoolExecutor {theirs / n * 1e6:.0f} us; "
+        f"rate {n / ours:,.0f}/s vs {n / theirs:,.0f}/s"
     )
 
 

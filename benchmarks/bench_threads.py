@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from _common import CpuClock, header, median, parser, report_pair
+from _common import CpuClock, alternate, header, median, parser, report_pair
 
 import asyncjobs
 
@@ -78,37 +78,28 @@ async def compare(
     # Warm-up: both sides create their worker threads (anyio keeps idle workers per loop).
     await asyncjobs_round(jobs, min(n, 200), wait_args=wait_args)
     await yardstick_round(min(n, 200), limit)
-    ours: list[float] = []
-    theirs: list[float] = []
-    cpu_ours: list[float] = []
-    cpu_theirs: list[float] = []
-    for i in range(repeats):
-        wall, cpu = await asyncjobs_round(jobs, n, wait_args=wait_args)
-        ours.append(wall)
-        cpu_ours.append(cpu * 1000)
-        wall, cpu = await yardstick_round(n, limit)
-        theirs.append(wall)
-        cpu_theirs.append(cpu * 1000)
-        print(
-            f"  repeat {i + 1}/{repeats}: asyncjobs {ours[-1] * 1000:8.1f} ms   "
-            f"to_thread {theirs[-1] * 1000:8.1f} ms   ratio {ours[-1] / theirs[-1]:.2f}",
-            flush=True,
-        )
+    pairs = await alternate(
+        lambda: asyncjobs_round(jobs, n, wait_args=wait_args),
+        lambda: yardstick_round(n, limit),
+        repeats,
+        yardstick="to_thread",
+    )
     how = f"jobs.wait(*{n} jobs)" if wait_args else "jobs.wait()"
     print(f"  {n} no-op thread jobs, thread_limit={limit}, waited with {how}")
     ratio = report_pair(
         f"{n} jobs",
-        [x * 1000 for x in ours],
-        [x * 1000 for x in theirs],
+        pairs.ours,
+        pairs.theirs,
         unit="ms",
         yardstick=f"{n} x anyio.to_thread.run_sync(noop) in a task group, CapacityLimiter({limit})",
         goal=GOAL,
-        cpu=(cpu_ours, cpu_theirs),
+        cpu=(pairs.cpu_ours, pairs.cpu_theirs),
     )
+    ours, theirs = median(pairs.ours) / 1000, median(pairs.theirs) / 1000
     print(
-        f"  per job: asyncjobs {median(ours) / n * 1e6:.1f} us, "
-        f"to_thread {median(theirs) / n * 1e6:.1f} us; "
-        f"rate {n / median(ours):,.0f}/s vs {n / median(theirs):,.0f}/s"
+        f"  per job: asyncjobs {ours / n * 1e6:.1f} us, "
+        f"to_thread {theirs / n * 1e6:.1f} us; "
+        f"rate {n / ours:,.0f}/s vs {n / theirs:,.0f}/s"
     )
     return ratio
 
