@@ -472,7 +472,7 @@ class JobHost:
                 rows = [(r.stream, pack_value(r.value), r.time) for r in records]
                 self.store.append(job.row_id, rows)
             reason = str(local.reason) if local.reason is not None else None
-            self.store.update_job(
+            self.store.set_job(
                 job.row_id,
                 state=local.state.value,
                 reason=reason,
@@ -730,7 +730,26 @@ def _exclusive(directory: Path) -> Iterator[bool]:
         os.close(fd)
 
 
+def _use_pidfd_watcher() -> None:
+    """On Python 3.9-3.11, asyncio waits for each child in a thread of its own (started per
+    spawn); a pidfd in the event loop costs no thread. 3.12+ does that by itself. The job host
+    owns its process and event loop, so it may choose; where pidfds are missing, nothing
+    changes."""
+    import asyncio
+
+    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return  # an older kernel
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
+
+
 async def _run(directory: Path, idle_exit: float) -> None:
+    _use_pidfd_watcher()
     path = socket_path(directory)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a stale socket of a host that died; we hold the lock

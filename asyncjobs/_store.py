@@ -64,6 +64,7 @@ _CHUNK_BYTES: Final = 1 << 20  # and this many value bytes (or one bigger value)
 # it only waits while the thread copies the last frames, so that the WAL can start over.
 _WAL_PAGES: Final = 1000
 _ACTIVE: Final = ACTIVE_VALUES
+_STATES: Final = frozenset(s.value for s in JobState)
 _NONE = type(None)
 _FIELDS: Final[dict[str, tuple[type, ...]]] = {
     "state": (str,), "reason": (str, _NONE), "exit_status": (int, _NONE), "pid": (int, _NONE),
@@ -569,33 +570,34 @@ class Store:
         """Add a job in ``state`` (``NotStarted`` unless given), named ``Job<id>`` unless
         ``name`` is given, with id ``job_id`` (from ``reserve_job_id``) or the next one. Ids are
         never reused, even after a delete (AUTOINCREMENT)."""
-        if state not in {s.value for s in JobState}:
+        if state not in _STATES:
             raise JobArgumentError(f"new_job: state={state!r} is not a JobState value")
+        if name is None and job_id is not None:
+            name = f"Job{job_id}"
+        now = time.time()
         with self._writing() as conn:
             inserted = conn.execute(
                 "INSERT INTO jobs (id, instance_id, session, name, kind, command, location, "
                 "state, started_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, instance_id, session, name or "", kind, command, location, state,
-                 started_at, time.time()),
+                 started_at, now),
             ).lastrowid  # fmt: skip
             assert inserted is not None
             self._last_id = max(self._last_id, inserted)
             if name is None:
-                conn.execute("UPDATE jobs SET name = ? WHERE id = ?", (f"Job{inserted}", inserted))
-            return _job_row(conn.execute(f"{_JOB} WHERE id = ?", (inserted,)).fetchone())
+                name = f"Job{inserted}"
+                conn.execute("UPDATE jobs SET name = ? WHERE id = ?", (name, inserted))
+        return JobRow(
+            id=inserted, instance_id=instance_id, session=session, name=name, kind=kind,
+            command=command, location=location, state=state, reason=None, exit_status=None,
+            started_at=started_at, finished_at=None, next_seq=0, cursors=dict.fromkeys(_CODES, 0),
+            dropped=0, pid=None, created_at=now,
+        )  # fmt: skip
 
     def update_job(self, job_id: int, **fields: Any) -> JobRow:
         """Change some of ``state``, ``reason``, ``exit_status``, ``started_at``,
         ``finished_at``, ``pid`` and ``dropped``; return the row as it now is."""
-        for key, value in fields.items():
-            if key not in _FIELDS:
-                raise JobArgumentError(
-                    f"update_job: unknown field {key!r}; the fields are {', '.join(_FIELDS)}"
-                )
-            if not isinstance(value, _FIELDS[key]) or isinstance(value, bool):
-                raise JobArgumentError(f"update_job: {key}={value!r} has the wrong type")
-        if fields.get("state", "Running") not in {s.value for s in JobState}:
-            raise JobArgumentError(f"update_job: state={fields['state']!r} is not a JobState value")
+        self._check_fields(fields)
         with self._writing() as conn:
             if fields:
                 sets = ", ".join(f"{key} = ?" for key in fields)
@@ -604,6 +606,29 @@ class Store:
             if r is None:
                 raise NoSuchJob(f"no job {job_id} in the job store {self.path}")
             return _job_row(r)
+
+    def set_job(self, job_id: int, **fields: Any) -> None:
+        """``update_job`` without reading the row back (one statement)."""
+        self._check_fields(fields)
+        sets = ", ".join(f"{key} = ?" for key in fields)
+        with self._writing() as conn:
+            cursor = conn.execute(
+                f"UPDATE jobs SET {sets or 'id = id'} WHERE id = ?", (*fields.values(), job_id)
+            )
+            if cursor.rowcount == 0:
+                raise NoSuchJob(f"no job {job_id} in the job store {self.path}")
+
+    @staticmethod
+    def _check_fields(fields: dict[str, Any]) -> None:
+        for key, value in fields.items():
+            if key not in _FIELDS:
+                raise JobArgumentError(
+                    f"update_job: unknown field {key!r}; the fields are {', '.join(_FIELDS)}"
+                )
+            if not isinstance(value, _FIELDS[key]) or isinstance(value, bool):
+                raise JobArgumentError(f"update_job: {key}={value!r} has the wrong type")
+        if fields.get("state", "Running") not in _STATES:
+            raise JobArgumentError(f"update_job: state={fields['state']!r} is not a JobState value")
 
     def job(self, job_id: int) -> JobRow | None:
         with self._reading() as conn:
