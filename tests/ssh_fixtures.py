@@ -7,18 +7,24 @@
 
 Both are sync (they start OS processes), so they work under either anyio backend; asyncssh itself
 needs asyncio. A machine without ``/usr/sbin/sshd`` fails these tests: it never skips them.
+
+- ``no_leftovers`` (function, asyncio): after the test and its other fixtures, no asyncio task
+  that the test started is still running and no TCP connection this process opened is still
+  open ("no controller task or connection is left behind"). Use it with
+  ``pytest.mark.usefixtures("no_leftovers")``: it is set up first, so it checks last.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tests.testhosts import SSHD, TestHosts
 
-__all__ = ["fresh_ssh_host", "ssh_hosts"]
+__all__ = ["fresh_ssh_host", "no_leftovers", "ssh_hosts"]
 
 
 def _require_sshd() -> None:
@@ -44,3 +50,40 @@ def fresh_ssh_host() -> Iterator[TestHosts]:
     _require_sshd()
     with TestHosts(1) as hosts:
         yield hosts
+
+
+def _tcp_connections() -> set[tuple[str, int, str, int]]:
+    """This process's TCP connections that have a peer, as (local, port, remote, port)."""
+    import psutil
+
+    return {
+        (c.laddr.ip, c.laddr.port, c.raddr.ip, c.raddr.port)
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.status != psutil.CONN_TIME_WAIT
+    }
+
+
+@pytest.fixture
+async def no_leftovers() -> AsyncIterator[None]:
+    """Fail the test if it leaves an asyncio task running or a TCP connection open (closing
+    ones get 5 s to finish)."""
+    import asyncio
+
+    import anyio
+
+    tasks_before = asyncio.all_tasks()
+    connections_before = _tcp_connections()
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        tasks = {
+            t
+            for t in asyncio.all_tasks() - tasks_before - {asyncio.current_task()}
+            if "TestRunner" not in getattr(t.get_coro(), "__qualname__", "")  # anyio's own
+        }
+        connections = _tcp_connections() - connections_before
+        if not tasks and not connections:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"left behind: tasks {tasks}, TCP connections {connections}")
+        await anyio.sleep(0.02)

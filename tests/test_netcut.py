@@ -42,6 +42,7 @@ def options(hosts: TestHosts, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("no_leftovers")
 async def test_a_silent_cut_fails_that_child_only_through_keepalives(
     netns_host: TestHosts, ssh_hosts: TestHosts
 ) -> None:
@@ -75,6 +76,7 @@ async def test_a_silent_cut_fails_that_child_only_through_keepalives(
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("no_leftovers")
 async def test_a_named_sessions_job_is_disconnected_by_a_silent_cut_and_resumes(
     netns_host: TestHosts,
 ) -> None:

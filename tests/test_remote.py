@@ -23,7 +23,11 @@ from asyncjobs import (
 from tests.conftest import eventually
 from tests.testhosts import TestHosts
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
+    pytest.mark.usefixtures("no_leftovers"),  # no controller task or connection left behind
+]
 
 
 def tag() -> str:
