@@ -503,7 +503,10 @@ async def run_hosted(
             job._apply(Event.RECONNECT)
             continue
         for record in batch.records:
-            await log.append(record.stream, record.value)
+            try:  # no coroutine per record unless a block buffer is full
+                log.append_nowait(record.stream, record.value)
+            except anyio.WouldBlock:
+                await log.append(record.stream, record.value)
         seq = batch.next_seq
         info = batch.job
         if info.state.is_finished and seq >= info.next_seq:
