@@ -19,7 +19,10 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate, repeat
+from operator import add, itemgetter, methodcaller
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -59,7 +62,7 @@ from ._protocol import (
 )
 from ._runner import run_in_slot
 from ._state import ACTIVE_VALUES, JobState
-from ._store import JobRow, Piece, SessionRow, Store, StoredRecord
+from ._store import JobRow, Piece, Row, SessionRow, Store
 from ._wire import STREAM_CODES
 
 #: Unreceived records a job of a disconnected session may hold before ``output_buffering``
@@ -76,26 +79,29 @@ _ACTIVE: Final = ACTIVE_VALUES
 #: Bytes of record values in one answer: well inside the protocol's frame limit, even for
 #: bytes values (base64) and JSON's quoting.
 PAGE_BYTES: Final = 6 * 1024 * 1024
+WireRow = tuple[int, int, Any, float]  # a record as the wire has it: seq, stream code, value, time
 _TEXT: Final = ord("s")  # pack_value's kind byte of a str
+_decode_text: Final = methodcaller("decode", "utf-8", "surrogatepass")
 
 
-def _page(records: list[StoredRecord]) -> list[list[Any]]:
+def _page(records: list[Row]) -> list[WireRow]:
     """The longest prefix of ``records`` whose values fit in ``PAGE_BYTES`` (at least one),
-    as the wire's record rows: ``[seq, stream code, value, time]``, values unpacked and
-    encoded (``encode_records``'s rows, made in one pass)."""
-    rows: list[list[Any]] = []
-    total = 0
-    codes = STREAM_CODES
-    for seq, stream, blob, stamp in records:
-        total += len(blob) + 32
-        if total > PAGE_BYTES and rows:
-            break
-        if blob[0] == _TEXT:  # command output: no object but the str
-            value = blob[1:].decode("utf-8", "surrogatepass")
-        else:
-            value = encode_value(unpack_value(blob))
-        rows.append([seq, codes[stream], value, stamp])
-    return rows
+    as the wire's record rows: ``(seq, stream code, value, time)``, values unpacked and
+    encoded (``encode_records``'s rows). A page of text (command output: the usual case) is
+    made by C loops over its columns, with no Python code per record."""
+    if not records:
+        return []
+    seqs, streams, blobs, stamps = zip(*records, strict=True)
+    sizes = list(accumulate(map(add, map(len, blobs), repeat(32))))
+    cut = max(1, bisect_right(sizes, PAGE_BYTES))
+    if cut < len(records):
+        seqs, streams, blobs, stamps = seqs[:cut], streams[:cut], blobs[:cut], stamps[:cut]
+    values: Iterable[Any]
+    if set(map(itemgetter(0), blobs)) == {_TEXT}:
+        values = map(_decode_text, map(itemgetter(slice(1, None)), blobs))
+    else:
+        values = [encode_value(unpack_value(blob)) for blob in blobs]
+    return list(zip(seqs, map(STREAM_CODES.__getitem__, streams), values, stamps, strict=True))
 
 
 @attrs.define(eq=False)
@@ -620,9 +626,9 @@ class JobHost:
         wait: float | None = None,
         unreceived: bool = False,
     ) -> dict[str, Any]:
-        def fetch() -> list[list[Any]]:
+        def fetch() -> list[WireRow]:
             return _page(
-                self.store.read(
+                self.store.read_rows(
                     job, from_seq, streams=streams, limit=limit, unreceived_only=unreceived
                 )
             )
@@ -639,12 +645,13 @@ class JobHost:
     ) -> dict[str, Any]:
         chosen = streams or list(STREAMS)
 
-        def fetch() -> list[list[Any]]:
+        def fetch() -> list[WireRow]:
             # Look first, cut the page to what fits in a frame, then take exactly that: a
             # record is marked received only if it is really on its way.
-            page = _page(self.store.read(job, 0, streams=chosen, limit=limit, unreceived_only=True))
+            rows = self.store.read_rows(job, 0, streams=chosen, limit=limit, unreceived_only=True)
+            page = _page(rows)
             if page:
-                self.store.take(job, chosen, limit=len(page))
+                self.store.take_rows(job, chosen, limit=len(page))
             return page
 
         batch = await self._reading(job, wait, fetch)
@@ -654,7 +661,10 @@ class JobHost:
         return batch
 
     async def _reading(
-        self, job_id: int, wait: float | None, fetch: Callable[[], list[list[Any]]]
+        self,
+        job_id: int,
+        wait: float | None,
+        fetch: Callable[[], list[WireRow]],
     ) -> dict[str, Any]:
         """Fetch records; if none and ``wait`` > 0 while the job runs, long-poll for more."""
         self._row(job_id)

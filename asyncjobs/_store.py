@@ -38,6 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Collection, Generator, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
+from itertools import accumulate, chain, islice
 from pathlib import Path
 from struct import pack, unpack_from
 from typing import Any, Final, NamedTuple, final
@@ -275,38 +276,53 @@ def _cut(lens: list[int]) -> list[tuple[int, int]]:
     return [*bounds, (lo, len(lens))]
 
 
-def _scan(conn: sqlite3.Connection, job_id: int, start: int) -> Generator[StoredRecord]:
-    """Every record of a job from seq ``start`` on, a chunk at a time: who stops early reads
-    little."""
+#: A record as ``read_rows`` gives it: ``(seq, stream, value, time)``, a plain tuple made by C.
+Row = tuple[int, StreamName, bytes, float]
+
+
+def _scan(conn: sqlite3.Connection, job_id: int, start: int) -> Generator[Iterator[Row]]:
+    """Every record of a job from seq ``start`` on, an iterator of rows per chunk (who stops
+    early reads little). The rows are made by C loops (``zip``, ``map``, ``slice``): no Python
+    code runs per record."""
     cursor = conn.execute(_CHUNKS_FROM, (job_id, start))
     try:
         for first, n, data in cursor:
-            stamps, lens = unpack_from(f"<{n}d", data, n), unpack_from(f"<{n}I", data, 9 * n)
             i = max(0, start - first)
-            off = 13 * n + sum(lens[:i])
-            for j in range(i, n):
-                end = off + lens[j]
-                yield StoredRecord(first + j, _CODES[data[j]], data[off:end], stamps[j])
-                off = end
+            stamps = unpack_from(f"<{n}d", data, n)
+            ends = list(accumulate(unpack_from(f"<{n}I", data, 9 * n), initial=13 * n))
+            values = map(data.__getitem__, map(slice, ends[i:n], ends[i + 1 :]))
+            codes = map(_CODES.__getitem__, data[i:n])
+            yield zip(range(first + i, first + n), codes, values, stamps[i:], strict=True)
     finally:
         cursor.close()
 
 
 def _select(
-    records: Generator[StoredRecord],
+    chunks: Generator[Iterator[Row]],
     want: Collection[str],
     cursors: dict[str, int] | None,
     bound: int | None,
-) -> list[StoredRecord]:
-    """At most ``bound`` records of streams ``want`` (only unreceived ones with ``cursors``)."""
-    out: list[StoredRecord] = []
-    with closing(records):
-        for record in records if bound != 0 else ():
-            if record.stream in want and (cursors is None or record.seq >= cursors[record.stream]):
-                out.append(record)
+) -> list[Row]:
+    """At most ``bound`` records of streams ``want`` (only unreceived ones with ``cursors``;
+    ``None``: every record from where the scan starts is wanted)."""
+    with closing(chunks):
+        if bound == 0:
+            return []
+        rows = chain.from_iterable(chunks)
+        if cursors is None and len(want) == len(_CODES):
+            return list(islice(rows, bound))
+        out: list[Row] = []
+        for row in rows:
+            if row[1] in want and (cursors is None or row[0] >= cursors[row[1]]):
+                out.append(row)
                 if len(out) == bound:
                     break
-    return out
+        return out
+
+
+def _unreceived_from(start: int, want: Collection[str], cursors: dict[str, int]) -> bool:
+    """Whether every record of ``want`` from seq ``start`` on is unreceived (no filter needed)."""
+    return all(cursors[s] <= start for s in want)
 
 
 def _check_limit(limit: int | None) -> None:
@@ -707,6 +723,17 @@ class Store:
     ) -> list[StoredRecord]:  # fmt: skip
         """Records with ``seq >= from_seq`` of ``streams`` (all if None), at most ``limit``, in
         seq order; with ``unreceived_only``, only those not received yet. Moves nothing."""
+        rows = self.read_rows(
+            job_id, from_seq, streams=streams, limit=limit, unreceived_only=unreceived_only
+        )
+        return list(map(StoredRecord._make, rows))
+
+    def read_rows(
+        self, job_id: int, from_seq: int = 0, *, streams: Collection[str] | None = None,
+        limit: int | None = None, unreceived_only: bool = False,
+    ) -> list[Row]:  # fmt: skip
+        """``read`` as plain ``(seq, stream, value, time)`` tuples: no Python object is made
+        per record (a job host serves a million of them to a reattaching controller)."""
         want = stream_set(streams)
         _check_limit(limit)
         with self._reading() as conn:
@@ -716,13 +743,20 @@ class Store:
             bound = sum(pending[s] for s in want)
             start = max(from_seq, min((cursors[s] for s in want if pending[s]), default=0))
             bound = bound if limit is None else min(bound, limit)
-            return _select(_scan(conn, job_id, start), want, cursors, bound)
+            chosen = None if _unreceived_from(start, want, cursors) else cursors
+            return _select(_scan(conn, job_id, start), want, chosen, bound)
 
     def take(
         self, job_id: int, streams: Collection[str] | None = None, limit: int | None = None
     ) -> list[StoredRecord]:
         """Receive-once: the unreceived records of ``streams`` (at most ``limit``), past which
         their cursors then move, in one transaction: nothing skipped, nothing returned twice."""
+        return list(map(StoredRecord._make, self.take_rows(job_id, streams, limit)))
+
+    def take_rows(
+        self, job_id: int, streams: Collection[str] | None = None, limit: int | None = None
+    ) -> list[Row]:
+        """``take`` as plain ``(seq, stream, value, time)`` tuples."""
         want = stream_set(streams)
         _check_limit(limit)
         with self._writing() as conn:
@@ -730,11 +764,12 @@ class Store:
             bound = sum(pending[s] for s in want)
             start = min((cursors[s] for s in want if pending[s]), default=next_seq)
             bound = bound if limit is None else min(bound, limit)
-            records = _select(_scan(conn, job_id, start), want, cursors, bound)
+            chosen = None if _unreceived_from(start, want, cursors) else cursors
+            records = _select(_scan(conn, job_id, start), want, chosen, bound)
             if records:
                 # Every unreceived record of ``want`` up to the last one returned was returned.
-                to = next_seq if limit is None or len(records) < limit else records[-1].seq + 1
-                for stream, n in Counter(r.stream for r in records).items():
+                to = next_seq if limit is None or len(records) < limit else records[-1][0] + 1
+                for stream, n in Counter(r[1] for r in records).items():
                     pending[stream] -= n
                 cursors.update((s, max(cursors[s], to)) for s in want)
                 self._set_counters(conn, job_id, cursors, pending)
@@ -759,8 +794,8 @@ class Store:
                 return 0
             start = min(cursors[s] for s in _CODES if pending[s])
             gone = _select(_scan(conn, job_id, start), _CODE, cursors, excess)
-            to = gone[-1].seq + 1  # every unreceived record below ``to`` is among ``gone``
-            for stream, n in Counter(r.stream for r in gone).items():
+            to = gone[-1][0] + 1  # every unreceived record below ``to`` is among ``gone``
+            for stream, n in Counter(r[1] for r in gone).items():
                 pending[stream] -= n
             cursors.update((s, max(c, to)) for s, c in cursors.items())
             self._set_counters(conn, job_id, cursors, pending, dropped=excess)
