@@ -420,3 +420,16 @@ async def test_receive_once_across_a_reconnect_gives_each_record_once(hostdir: P
         rest = await s.jobs.receive(job)
         assert first + rest == [str(i) for i in range(n)]
         assert await s.jobs.receive(job) == []
+
+
+async def test_paged_reads_ask_ahead_and_stop_where_asked(hostdir: Path) -> None:
+    n = 130_000  # three pages of 50,000: the next one is asked for before a page is decoded
+    async with connect_local(name="pages") as s:
+        job = await s.jobs.start_command(python(f"for i in range({n}): print(i)"))
+        await s.jobs.wait(job, timeout=60)
+        got = await s.jobs.read(job, 7, limit=100_001)
+        assert [r.value for r in got] == [str(i) for i in range(7, 100_008)]
+        assert [r.seq for r in await s.jobs.read(job, n - 3)] == [n - 3, n - 2, n - 1]
+        kept = await s.jobs.receive_records(job, keep=True)
+        assert [r.value for r in kept] == [str(i) for i in range(n)]
+        assert len(await s.jobs.receive(job)) == n  # the connection is in step after all that

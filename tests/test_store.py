@@ -138,6 +138,26 @@ def test_update_job(store: Store) -> None:
     assert store.job(job.id) == row
 
 
+def test_set_job_and_new_job_rows_match_what_is_stored(store: Store) -> None:
+    reserved = store.reserve_job_id()
+    row = store.new_job(
+        session="s1", kind="BackgroundJob", command="c", location="here", instance_id="x",
+        job_id=reserved, state="Running", started_at=3.0,
+    )  # fmt: skip
+    assert row == store.job(reserved) and row.name == f"Job{reserved}"
+    assert new_job(store) == store.job(reserved + 1)  # named after the insert
+    store.set_job(reserved, state="Completed", exit_status=0, finished_at=4.0)
+    done = store.job(reserved)
+    assert done is not None and (done.state, done.exit_status, done.finished_at) == (
+        "Completed", 0, 4.0,
+    )  # fmt: skip
+    store.set_job(reserved)  # nothing to change: fine
+    with pytest.raises(JobArgumentError, match="'Exploded' is not a JobState value"):
+        store.set_job(reserved, state="Exploded")
+    with pytest.raises(NoSuchJob, match="no job 99 in the job store"):
+        store.set_job(99, state="Running")
+
+
 # -- the record log ----------------------------------------------------------------------------
 
 
