@@ -1,10 +1,11 @@
 """The job host: a detached process that owns a job table and keeps every job's records on disk.
 
-It is the local-jobs machinery (a ``JobManager`` running command jobs) plus a store: a
-persister per job moves records from the job's in-memory log into the store, and controllers
-read them back from the store over the wire protocol — from any seq (keep) or through the
-per-stream receive-once cursors — also after they disconnected, died, or the host restarted.
-A record is served only once it is committed, so what a controller was given is never lost.
+It is the local-jobs machinery (``Job``, ``run_in_slot``, the command runner's spawn and stop)
+plus a store: a command's pipes go straight into the store in packed batches (``_hostrun``),
+and controllers read the records back from the store over the wire protocol — from any seq
+(keep) or through the per-stream receive-once cursors — also after they disconnected, died,
+or the host restarted. A record is served only once it is committed, so what a controller was
+given is never lost.
 
 Run as ``python -m asyncjobs._host`` (``--daemonize`` detaches; see ``_hostdir``).
 """
