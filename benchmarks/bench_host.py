@@ -16,9 +16,9 @@ timed) and stopped at the end (SIGTERM to the pid in ``host.lock``), and the dir
    ``s.jobs.wait(job)`` returns, which is when the job is finished and its last record is in the
    store. Yardstick: the same producer as a command job in this process (default ``spill``
    buffer), read with ``async for line in job.stream()`` (``bench_stream.py``'s asyncjobs side):
-   the job table's own cost, which the job host pays too before its store. Also printed: the
-   producer writing straight into a file in the host's directory (the producer and the page cache
-   alone). MB/s counts the lines' bytes (10^6), newlines included. Goal (issue 5, there for
+   what a line costs in the job table (the job host does not pay it: its commands go from the
+   pipes straight into the store). Also printed: the producer writing straight into a file in
+   the host's directory (the producer and the page cache alone). MB/s counts the lines' bytes (10^6), newlines included. Goal (issue 5, there for
    1 GB): >= 100 MB/s.
 3. Reattach: a job's 1,000,000 kept 100-byte lines are on the host; its session is
    disconnected. The clock starts; ``connect_local(name, create=False)`` and then (a) every
