@@ -129,10 +129,13 @@ class RemoteHostConnection:
                     session.where,
                     session.location,
                     name=session.name,
-                    create=True,
+                    **session._host_session,
                 )
                 if session.name is None:
                     session.name = self._host.name
+                # From now on the session exists: reattaching after a reconnect must find it
+                # (had the host's idle_timeout ended it, recreating it empty would hide that).
+                session._host_session["create"] = False
             return self._host
 
     async def request(self, op: str, **args: Any) -> Any:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import anyio
 import asyncssh
@@ -222,9 +222,12 @@ class Session:
         max_channels: int,
         timings: ConnectTimings | None,
         options: dict[str, Any] | None = None,
+        host_session: dict[str, Any] | None = None,
     ) -> None:
         self._conn = conn
         self._options = dict(options or {})
+        #: How ``session.jobs`` opens its job host session: create=, idle_timeout=, ...
+        self._host_session = dict(host_session or {"create": True})
         #: Bounds opening a channel, as ``connect_timeout`` bounds connecting.
         self.channel_timeout = float(self._options.get("connect_timeout", 30.0))
         self._generation = 0  # how many times the connection was made again
@@ -360,6 +363,29 @@ def _check_max_channels(value: object) -> int:
     return value
 
 
+def _host_session_options(
+    name: str | None, idle_timeout: object, output_buffering: object, create: object
+) -> dict[str, Any]:
+    """The job host session arguments of ``connect``, checked before anything connects."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise JobArgumentError(f"name must be a non-empty str or None, got {name!r}")
+    if idle_timeout is not None and (
+        isinstance(idle_timeout, bool)
+        or not isinstance(idle_timeout, int | float)
+        or not idle_timeout > 0
+    ):
+        raise JobArgumentError(f"idle_timeout must be seconds > 0 or None, got {idle_timeout!r}")
+    if output_buffering not in (None, "block", "drop"):
+        raise JobArgumentError(
+            f"output_buffering must be 'block', 'drop' or None, got {output_buffering!r}"
+        )
+    if not isinstance(create, bool):
+        raise JobArgumentError(f"create must be True or False, got {create!r}")
+    if not create and name is None:
+        raise JobArgumentError("create=False needs the name= of an existing session")
+    return {"create": create, "idle_timeout": idle_timeout, "output_buffering": output_buffering}
+
+
 def connect(
     host: str,
     port: int = 22,
@@ -367,6 +393,9 @@ def connect(
     name: str | None = None,
     *,
     max_channels: int = DEFAULT_MAX_CHANNELS,
+    idle_timeout: float | None = None,
+    output_buffering: Literal["block", "drop"] | None = None,
+    create: bool = True,
     **ssh_options: Any,
 ) -> Opener[Session]:
     """Open a persistent session to ``host`` (New-PSSession): ``await`` it or ``async with`` it.
@@ -375,6 +404,13 @@ def connect(
     passes through (``known_hosts``, ``client_keys``, ``config`` — ``~/.ssh/config`` is read by
     default —, ``tunnel``, ``connect_timeout``, ``keepalive_interval``, ...). Host keys are
     verified against ``known_hosts`` by default.
+
+    ``name`` names the session on the host's job host (``session.jobs``): ``connect(host,
+    name=...)`` from any process reattaches to it. A new name creates it, unless
+    ``create=False``: then an unknown name is an error listing the sessions there.
+    ``idle_timeout`` (seconds a disconnected session waits before its jobs are stopped) and
+    ``output_buffering`` (``"block"`` or ``"drop"`` while disconnected) apply to a new session,
+    as for ``connect_local``.
     """
     target = Target.parse(host)
     if port != 22 and target.port is None:
@@ -382,6 +418,7 @@ def connect(
     if username is not None:
         target = attrs.evolve(target, username=username)
     _check_max_channels(max_channels)
+    host_session = _host_session_options(name, idle_timeout, output_buffering, create)
 
     async def opening() -> Session:
         conn, timings = await open_connection(target, ssh_options)
@@ -392,6 +429,7 @@ def connect(
             max_channels=max_channels,
             timings=timings,
             options=ssh_options,
+            host_session=host_session,
         )
 
     return Opener(opening, Session.close)
