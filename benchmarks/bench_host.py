@@ -18,8 +18,8 @@ timed) and stopped at the end (SIGTERM to the pid in ``host.lock``), and the dir
    buffer), read with ``async for line in job.stream()`` (``bench_stream.py``'s asyncjobs side):
    what a line costs in the job table (the job host does not pay it: its commands go from the
    pipes straight into the store). Also printed: the producer writing straight into a file in
-   the host's directory (the producer and the page cache alone). MB/s counts the lines' bytes (10^6), newlines included. Goal (issue 5, there for
-   1 GB): >= 100 MB/s.
+   the host's directory (the producer and the page cache alone). MB/s counts the lines' bytes
+   (10^6), newlines included. Goal (issue 5, there for 1 GB): >= 100 MB/s.
 3. Reattach: a job's 1,000,000 kept 100-byte lines are on the host; its session is
    disconnected. The clock starts; ``connect_local(name, create=False)`` and then (a) every
    record read with ``s.jobs.read(job, seq, limit=50_000)`` page by page (a follower resuming
