@@ -105,6 +105,12 @@ def _page(records: list[Row]) -> list[WireRow]:
     return list(zip(seqs, map(STREAM_CODES.__getitem__, streams), values, stamps, strict=True))
 
 
+def _as_data(value: Any) -> Any:
+    """A value the store can keep: an exception (the error record of a spawn that failed)
+    becomes its message, as a controller would read it."""
+    return str(value) if isinstance(value, BaseException) else value
+
+
 @attrs.define(eq=False)
 class _HostJob:
     """A job this host runs: the local job, the lines its pipes gave that are not stored yet
@@ -441,8 +447,9 @@ class JobHost:
             raise
         job.stored = True
         self._jobs[row.id] = job
-        if local.state.is_finished:
+        if local.state.is_finished:  # it failed to start: its error and reason are stored now
             self._finish(job)
+            row = self._row(row.id)
         else:
             self._flush(job)
         return self._info(row)
@@ -476,7 +483,7 @@ class JobHost:
             assert local._log is not None
             records = local._log.take(STREAMS)  # the error of a spawn that failed
             if records:
-                rows = [(r.stream, pack_value(r.value), r.time) for r in records]
+                rows = [(r.stream, pack_value(_as_data(r.value)), r.time) for r in records]
                 self.store.append(job.row_id, rows)
             reason = str(local.reason) if local.reason is not None else None
             self.store.set_job(

@@ -17,7 +17,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asyncjobs import AsyncJobsError, JobState, JobStateError, NoSuchJob, ProtocolError
+from asyncjobs import (
+    AsyncJobsError,
+    JobArgumentError,
+    JobState,
+    JobStateError,
+    NoSuchJob,
+    ProtocolError,
+)
 from asyncjobs._hostclient import connect_local, get_local_sessions
 from asyncjobs._hostrun import LinePacker, unpack_value
 from asyncjobs._lines import MAX_LINE, LineSplitter
@@ -433,3 +440,22 @@ async def test_paged_reads_ask_ahead_and_stop_where_asked(hostdir: Path) -> None
         kept = await s.jobs.receive_records(job, keep=True)
         assert [r.value for r in kept] == [str(i) for i in range(n)]
         assert len(await s.jobs.receive(job)) == n  # the connection is in step after all that
+
+
+async def test_spawn_failures_input_and_both_pipes_on_the_host(hostdir: Path) -> None:
+    async with connect_local(name="edges") as s:
+        missing = await s.jobs.start_command(["/nonexistent/program"])
+        assert missing.state is JobState.FAILED and "no such program" in (missing.reason or "")
+        [error] = await s.jobs.receive_records(missing, streams=["error"])
+        assert error.seq == 0 and "no such program" in error.value
+        with pytest.raises(JobArgumentError, match="cwd '/nonexistent' does not exist"):
+            await s.jobs.start_command("true", cwd="/nonexistent")
+        fed = await s.jobs.start_command(
+            python("import sys\nfor line in sys.stdin: print(line.strip().upper())"),
+            input="one\ntwo\n",
+        )
+        both = await s.jobs.start_command("echo out; echo err >&2; sleep 0.1; echo out2")
+        await s.jobs.wait(fed, both, timeout=30)
+        assert await s.jobs.receive(fed) == ["ONE", "TWO"]
+        got = [(r.seq, r.stream, r.value) for r in await s.jobs.read(both)]
+        assert got == [(0, "output", "out"), (1, "error", "err"), (2, "output", "out2")]
