@@ -582,16 +582,19 @@ class JobHost:
         timeout: float | None = None,
     ) -> list[JobInfo]:
         if jobs:
-            found = self.store.jobs_by_id(jobs)
-            for job_id, maybe in zip(jobs, found, strict=True):
+            # Jobs this host runs (or ran) need no row read now; the others must exist.
+            others = [job_id for job_id in jobs if job_id not in self._jobs]
+            found = self.store.jobs_by_id(others)
+            for job_id, maybe in zip(others, found, strict=True):
                 if maybe is None:
                     self._row(job_id)  # raises NoSuchJob
-            rows = [r for r in found if r is not None]
+            ids = list(jobs)
         else:
-            rows = self.store.jobs(session.name)
+            found = list(self.store.jobs(session.name))
+            ids = [r.id for r in found if r is not None]
         # A job this host runs is finished once its done is set (its final state is stored
         # then); any other job's stored state does not change, unless it is removed meanwhile.
-        settled = {r.id for r in rows if r.state not in _ACTIVE}
+        settled = {r.id for r in found if r is not None and r.state not in _ACTIVE}
 
         def is_finished(job_id: int) -> bool:
             host_job = self._jobs.get(job_id)
@@ -600,17 +603,17 @@ class JobHost:
             return job_id in settled or self._row(job_id).state not in _ACTIVE
 
         def finished() -> list[int]:
-            return [r.id for r in rows if is_finished(r.id)]
+            return [job_id for job_id in ids if is_finished(job_id)]
 
         with anyio.move_on_after(timeout):
             while True:
                 done = finished()
-                if len(done) == len(rows) or (any and done):
+                if len(done) == len(ids) or (any and done):
                     break
                 waiting = [
-                    self._jobs[r.id].done
-                    for r in rows
-                    if r.id in self._jobs and not self._jobs[r.id].done.is_set()
+                    self._jobs[job_id].done
+                    for job_id in ids
+                    if job_id in self._jobs and not self._jobs[job_id].done.is_set()
                 ]
                 if not waiting:
                     break
@@ -618,9 +621,9 @@ class JobHost:
                     await self._job_finished.wait()
                 else:
                     await waiting[0].wait()
-        ids = finished()
+        done = finished()
         infos = []
-        for job_id, maybe in zip(ids, self.store.jobs_by_id(ids), strict=True):
+        for job_id, maybe in zip(done, self.store.jobs_by_id(done), strict=True):
             infos.append(self._info(maybe if maybe is not None else self._row(job_id)))
         return infos
 

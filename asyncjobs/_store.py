@@ -654,10 +654,16 @@ class Store:
     def jobs_by_id(self, ids: Sequence[int]) -> list[JobRow | None]:
         """The rows of jobs ``ids``, in that order (None for a job that is not there), read in
         one transaction."""
-        query = f"{_JOB} WHERE id = ?"
+        if not ids:
+            return []
+        wanted = sorted(set(ids))
+        found: dict[int, JobRow] = {}
         with self._reading() as conn:
-            rows = [conn.execute(query, (job_id,)).fetchone() for job_id in ids]
-        return [None if r is None else _job_row(r) for r in rows]
+            for i in range(0, len(wanted), 500):  # far below SQLite's limit of parameters
+                part = wanted[i : i + 500]
+                query = f"{_JOB} WHERE id IN ({', '.join('?' * len(part))})"
+                found.update((r[0], _job_row(r)) for r in conn.execute(query, part))
+        return [found.get(job_id) for job_id in ids]
 
     def jobs(self, session: str | None = None) -> list[JobRow]:
         """Every job (of ``session``, if given), by id."""
