@@ -591,3 +591,19 @@ def test_the_wal_is_checkpointed_by_a_thread_and_stays_bounded(tmp_path: Path) -
         assert store.job(job.id).next_seq == 100_000  # type: ignore[union-attr]
         assert store.read(job.id, 99_999)[0].value == value
     assert path.stat().st_size >= 100_000_000  # the records reached the database file
+
+
+def test_jobs_by_id_keeps_order_duplicates_and_gaps(store: Store) -> None:
+    rows = [new_job(store, name=f"j{i}") for i in range(1203)]  # more than one IN (...) batch
+    wanted = [rows[1200].id, 99_999, rows[0].id, rows[0].id, *(r.id for r in rows[500:510])]
+    got = store.jobs_by_id(wanted)
+    assert [None if r is None else r.name for r in got] == [
+        "j1200",
+        None,
+        "j0",
+        "j0",
+        *(f"j{i}" for i in range(500, 510)),
+    ]
+    assert got[0] == store.job(rows[1200].id)
+    assert store.jobs_by_id([]) == []
+    assert [r.id for r in store.jobs_by_id([r.id for r in rows]) if r] == [r.id for r in rows]
