@@ -12,11 +12,13 @@ Run as ``python -m asyncjobs._host`` (``--daemonize`` detaches; see ``_hostdir``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import fnmatch
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import accumulate, repeat
 from operator import add, itemgetter, methodcaller
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, final
 
 import anyio
 import anyio.abc
@@ -282,7 +284,7 @@ class JobHost:
             await stream.aclose()  # another user: the directory's 0700 should have stopped them
             return
         self._connections += 1
-        frames = FrameStream(stream)
+        frames = FrameStream(await _LoopStream.take(stream))
         session: _Session | None = None
         try:
             session = await self._greet(frames)
@@ -318,7 +320,7 @@ class JobHost:
             if session is not None:
                 self._detach(session)
             with contextlib.suppress(Exception):
-                await stream.aclose()
+                await frames.aclose()
 
     async def _greet(self, frames: FrameStream) -> _Session | None:
         """Read the hello: attach to (or create) the session it names, or refuse it."""
@@ -731,6 +733,54 @@ class JobHost:
             await self._expire(row)
 
 
+@final
+class _LoopStream(anyio.abc.ByteStream):
+    """A controller's connection on asyncio's own socket transport (the job host always runs
+    asyncio). anyio's socket stream adds an event loop turn to every receive and send and
+    registers the socket with the selector for each wait; a request and its answer cost about
+    a third less this way."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def take(cls, stream: anyio.abc.SocketStream) -> _LoopStream:
+        """The connection of ``stream`` (which is closed) on a transport of its own."""
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        sock = socket.socket(raw.family, raw.type, fileno=os.dup(raw.fileno()))
+        await stream.aclose()
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        return cls(reader, writer)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            data = await self._reader.read(max_bytes)
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        if not data:
+            raise anyio.EndOfStream
+        return data
+
+    async def send(self, item: bytes) -> None:
+        if self._writer.is_closing():
+            raise anyio.ClosedResourceError
+        try:
+            self._writer.write(item)
+            await self._writer.drain()
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+
+    async def send_eof(self) -> None:
+        self._writer.write_eof()
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
 # -- the process --------------------------------------------------------------------------
 
 
@@ -756,8 +806,6 @@ def _use_pidfd_watcher() -> None:
     spawn); a pidfd in the event loop costs no thread. 3.12+ does that by itself. The job host
     owns its process and event loop, so it may choose; where pidfds are missing, nothing
     changes."""
-    import asyncio
-
     if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
         return
     try:

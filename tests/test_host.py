@@ -459,3 +459,23 @@ async def test_spawn_failures_input_and_both_pipes_on_the_host(hostdir: Path) ->
         assert await s.jobs.receive(fed) == ["ONE", "TWO"]
         got = [(r.seq, r.stream, r.value) for r in await s.jobs.read(both)]
         assert got == [(0, "output", "out"), (1, "error", "err"), (2, "output", "out2")]
+
+
+async def test_the_host_closes_the_connection_after_disconnect(hostdir: Path) -> None:
+    # A bridge (SSH) exits only once the host closes its end: it must not linger.
+    async with connect_local(name="first"):
+        pass
+    hello = {
+        "t": "hello", "version": 1, "client": "raw", "session": "raw", "create": True,
+        "idle_timeout": None, "output_buffering": None,
+    }  # fmt: skip
+    request = {"t": "request", "id": 1, "op": "disconnect", "args": {}}
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)  # a host that keeps the connection open fails here
+        sock.connect(str(hostdir / "host.sock"))
+        sock.sendall(_frame(hello) + _frame(request))  # and no EOF from this side
+        chunks = []
+        while chunk := await anyio.to_thread.run_sync(sock.recv, 65536):
+            chunks.append(chunk)
+    reply = b"".join(chunks).decode()
+    assert '"welcome"' in reply and '"id":1' in reply and '"ok":true' in reply
