@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.testhosts import SSHD, TestHosts
+from tests.testhosts import SSHD, TestHosts, stop_job_hosts
 
 __all__ = ["fresh_ssh_host", "no_leftovers", "ssh_hosts"]
 
@@ -42,6 +42,15 @@ def ssh_hosts() -> Iterator[TestHosts]:
     _require_sshd()
     with TestHosts(3, load=True) as hosts:
         yield hosts
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_job_host_outlives_the_run() -> Iterator[None]:
+    """Remote job hosts run as the test user, detached from the sshd that started them (any
+    test host's, netns ones too): the run stops them when it ends."""
+    yield
+    if os.path.exists(SSHD):
+        stop_job_hosts()
 
 
 @pytest.fixture

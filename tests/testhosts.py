@@ -59,6 +59,7 @@ __all__ = [
     "ensure_test_user",
     "main",
     "sshd_version",
+    "stop_job_hosts",
 ]
 
 SSHD = "/usr/sbin/sshd"
@@ -379,6 +380,26 @@ def _free_netns_subnet(count: int) -> ipaddress.IPv4Network:
         if not any(net.overlaps(u) for u in used):
             return net
     raise TestHostsError(f"found no free /24 in {NETNS_RANGE} for netns hosts")
+
+
+def stop_job_hosts(deadline: float = 10.0) -> list[int]:
+    """Stop the test user's job hosts (``python -m asyncjobs._host``), TERM then KILL, and
+    return their pids. A job host detaches from the sshd session that started it (that is its
+    job), so no TestHosts owns it; the dedicated test user runs nothing but what tests start,
+    so the test run that is ending stops them."""
+    out = subprocess.run(
+        ["pgrep", "-u", TEST_USER, "-f", "asyncjobs._host"],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    pids = [int(p) for p in out.stdout.split()]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    end = time.monotonic() + deadline
+    for pid in _wait_gone(pids, end):
+        _signal(pid, signal.SIGKILL)
+    return pids
 
 
 def _loopback_addresses(count: int) -> list[str]:
