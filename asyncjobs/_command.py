@@ -22,7 +22,7 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
 import anyio
@@ -175,19 +175,34 @@ def _grace(value: object) -> float:
 # -- running -----------------------------------------------------------------------------------
 
 
-async def run_command(job: Job, spec: CommandSpec, started: Callable[[], None]) -> None:
+#: Reads one of a program's pipes until EOF, into wherever its output goes: ``(pipe, stream)``.
+Pump = Callable[[ByteReceiveStream, StreamName], Awaitable[None]]
+
+
+async def run_command(
+    job: Job, spec: CommandSpec, started: Callable[[], None], pump: Pump | None = None
+) -> None:
     """The body of a command job (see ``_runner.run_in_slot``): spawn, read both pipes until the
     program exited and they are at EOF, report how it ended.
 
-    Whatever ends it (the program, ``stop()``, a cancellation with the manager, a failing input
-    iterable), the process group is terminated and reaped before this returns or raises.
+    ``pump`` reads a pipe; the default splits it into the job's record log (the job host
+    passes one that packs lines into its store). Whatever ends it (the program, ``stop()``, a
+    cancellation with the manager, a failing input iterable), the process group is terminated
+    and reaped before this returns or raises.
     """
+    if pump is None:
+        log = job._log
+        assert log is not None
+
+        async def pump(stream: ByteReceiveStream, name: StreamName) -> None:
+            await _pump(stream, log, name, spec.lines)
+
     process = await _spawn(job, spec)
     async with process:  # closes the pipes and reaps, once _terminate has made sure it exits
         try:
             if not job.stop_requested:  # else stop() landed while it was being spawned
                 started()
-                await _supervise(job, spec, process)
+                await _supervise(job, spec, process, pump)
         finally:
             with anyio.CancelScope(shield=True):
                 await _terminate(process, spec.stop_grace)
@@ -229,11 +244,10 @@ def _spawn_error(job: Job, spec: CommandSpec, exc: OSError) -> CommandFailed:
     return CommandFailed(message)
 
 
-async def _supervise(job: Job, spec: CommandSpec, process: Process) -> None:
+async def _supervise(job: Job, spec: CommandSpec, process: Process, pump: Pump) -> None:
     """Feed stdin and read stdout and stderr until the program has exited and both pipes are at
     EOF (stdin feeding is abandoned then), or until ``stop()``."""
-    log = job._log
-    assert log is not None and process.stdout is not None and process.stderr is not None
+    assert process.stdout is not None and process.stderr is not None
     failed: list[Exception] = []
     with anyio.CancelScope() as scope:
         # stop() cancels through a state listener, and stdout is read in this task: one task
@@ -250,8 +264,8 @@ async def _supervise(job: Job, spec: CommandSpec, process: Process) -> None:
                 if process.stdin is not None and spec.input is not None:
                     tg.start_soon(_feed, process.stdin, spec.input, failed, tg.cancel_scope)
                 stderr_done = anyio.Event()
-                tg.start_soon(_pump_then_set, process.stderr, log, spec.lines, stderr_done)
-                await _pump(process.stdout, log, "output", spec.lines)
+                tg.start_soon(_pump_then_set, pump, process.stderr, stderr_done)
+                await pump(process.stdout, "output")
                 await stderr_done.wait()
                 await process.wait()
                 tg.cancel_scope.cancel()
@@ -261,11 +275,9 @@ async def _supervise(job: Job, spec: CommandSpec, process: Process) -> None:
         raise failed[0]
 
 
-async def _pump_then_set(
-    stream: ByteReceiveStream, log: RecordLog, lines: bool, done: anyio.Event
-) -> None:
+async def _pump_then_set(pump: Pump, stream: ByteReceiveStream, done: anyio.Event) -> None:
     try:
-        await _pump(stream, log, "error", lines)
+        await pump(stream, "error")
     finally:
         done.set()
 

@@ -26,9 +26,9 @@ from struct import pack
 from typing import Any, Final, Protocol, final
 
 import anyio
-from anyio.abc import ByteReceiveStream, Process
+from anyio.abc import ByteReceiveStream
 
-from ._command import CommandSpec, _feed, _report, _spawn, _terminate
+from ._command import CommandSpec, run_command
 from ._job import Job
 from ._lines import CHUNK, MAX_LINE, _cut_point, decode_line, split_long
 from ._models import StreamName
@@ -172,53 +172,11 @@ async def run_host_command(
     """The body of a job host's command job (see ``_runner.run_in_slot``): ``run_command``
     with pumps that feed ``sink``. Whatever ends it, the process group is terminated and
     reaped, and every line read is in ``sink`` (the last one too, stopped mid-line)."""
-    process = await _spawn(job, spec)
-    async with process:
-        try:
-            if not job.stop_requested:
-                started()
-                await _supervise(job, spec, process, sink)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await _terminate(process, spec.stop_grace)
-    _report(job, spec, process.returncode)
 
-
-async def _supervise(job: Job, spec: CommandSpec, process: Process, sink: Sink) -> None:
-    assert process.stdout is not None and process.stderr is not None
-    failed: list[Exception] = []
-    with anyio.CancelScope() as scope:
-
-        def on_change(changed: Job) -> None:  # stop() cancels the pumps
-            if changed.stop_requested:
-                scope.cancel()
-
-        job._listeners.append(on_change)
-        try:
-            if job.stop_requested:
-                scope.cancel()
-            async with anyio.create_task_group() as tg:
-                if process.stdin is not None and spec.input is not None:
-                    tg.start_soon(_feed, process.stdin, spec.input, failed, tg.cancel_scope)
-                stderr_done = anyio.Event()
-                tg.start_soon(_pump_then_set, process.stderr, sink, "error", stderr_done)
-                await _pump(process.stdout, sink, "output")
-                await stderr_done.wait()
-                await process.wait()
-                tg.cancel_scope.cancel()
-        finally:
-            job._listeners.remove(on_change)
-    if failed:
-        raise failed[0]
-
-
-async def _pump_then_set(
-    stream: ByteReceiveStream, sink: Sink, name: StreamName, done: anyio.Event
-) -> None:
-    try:
+    async def pump(stream: ByteReceiveStream, name: StreamName) -> None:
         await _pump(stream, sink, name)
-    finally:
-        done.set()
+
+    await run_command(job, spec, started, pump)
 
 
 async def _pump(stream: ByteReceiveStream, sink: Sink, name: StreamName) -> None:
