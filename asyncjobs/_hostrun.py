@@ -30,7 +30,7 @@ from anyio.abc import ByteReceiveStream
 
 from ._command import CommandSpec, run_command
 from ._job import Job
-from ._lines import CHUNK, MAX_LINE, _cut_point, decode_line, split_long
+from ._lines import CHUNK, MAX_LINE, LineSplitter
 from ._models import StreamName
 from ._store import Piece
 from ._wire import decode_value, encode_value
@@ -81,42 +81,29 @@ class LinePacker:
     ``feed(data)`` returns the pieces of the lines ``data`` completed; ``flush()`` those of an
     unfinished last line. At most ``max_line`` bytes of an unfinished line are held."""
 
-    __slots__ = ("_max", "_partial", "stream")
+    __slots__ = ("_max", "_split", "stream")
 
     def __init__(self, stream: StreamName, max_line: int = MAX_LINE) -> None:
         self.stream = stream
         self._max = max_line
-        self._partial = bytearray()
+        self._split = LineSplitter(max_line)  # holds the unfinished line, cuts it if too long
 
     def feed(self, data: bytes) -> list[Piece]:
         now = time.time()
-        last = data.rfind(b"\n")
-        if last < 0:
-            self._partial += data
-            return self._cut_partial(now) if len(self._partial) > self._max else []
-        if self._partial:
-            self._partial += memoryview(data)[:last]
-            body = bytes(self._partial)
-            self._partial.clear()
-        else:
-            body = data[:last]
-        self._partial += memoryview(data)[last + 1 :]
-        pieces = self._pack(body, now)
-        if len(self._partial) > self._max:
-            pieces.extend(self._cut_partial(now))
+        body, cut = self._split.feed_body(data)
+        pieces = [] if body is None else self._pack(body, now)
+        if cut:
+            pieces.extend(self._slow(cut, now))
         return pieces
 
     def flush(self) -> list[Piece]:
         """The unfinished last line (the output ended without a newline), if any."""
-        if not self._partial:
-            return []
-        line = bytes(self._partial)
-        self._partial.clear()
-        return self._slow([decode_line(line)], time.time())
+        line = self._split.flush()
+        return [] if line is None else self._slow([line], time.time())
 
     @property
     def pending(self) -> int:
-        return len(self._partial)
+        return self._split.pending
 
     def _pack(self, body: bytes, now: float) -> list[Piece]:
         """Complete lines (``body``: up to, not including, the last newline) as pieces: the
@@ -128,25 +115,10 @@ class LinePacker:
         if short and _utf8(body):
             lens = pack(f"<{n}I", *map(operator.add, map(len, lines), repeat(1, n)))
             return [Piece(self.stream, n, now, lens, b"s" + b"s".join(lines))]
-        out: list[Any] = []
-        for line in lines:
-            long = len(line) > self._max
-            out.extend(split_long(line, self._max) if long else [decode_line(line)])
-        return self._slow(out, now)
+        return self._slow(self._split.split_body(body), now)
 
     def _slow(self, values: list[Any], now: float) -> list[Piece]:
         return [Piece.of(self.stream, [pack_value(v) for v in values], now)]
-
-    def _cut_partial(self, now: float) -> list[Piece]:
-        """Pieces of the unfinished line past ``max_line``, keeping at most ``max_line`` bytes
-        of it (cut between UTF-8 characters when possible, as ``LineSplitter`` does)."""
-        partial, start, out = self._partial, 0, []
-        while len(partial) - start > self._max:
-            cut = _cut_point(partial, start, self._max)
-            out.append(decode_line(bytes(partial[start:cut])))
-            start = cut
-        del partial[:start]
-        return self._slow(out, now)
 
 
 class Sink(Protocol):

@@ -89,10 +89,22 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[Line]:
         """The lines that ``data`` completes (maybe none), plus pieces of an over-long line."""
+        body, cut = self.feed_body(data)
+        if body is None:
+            return cut
+        lines = self.split_body(body)
+        lines.extend(cut)
+        return lines
+
+    def feed_body(self, data: bytes) -> tuple[bytes | None, list[Line]]:
+        """``feed`` before the split: the bytes of the complete lines that ``data`` completes
+        (every byte up to, not including, the last newline; None if it completes none), and
+        pieces cut off an over-long unfinished line (which come after those lines). For a
+        reader that turns a batch of lines into something else in one go (the job host)."""
         last = data.rfind(b"\n")
         if last < 0:
             self._partial += data
-            return self._cut_partial() if len(self._partial) > self._max else []
+            return None, self._cut_partial() if len(self._partial) > self._max else []
         if self._partial:
             self._partial += memoryview(data)[:last]
             body = bytes(self._partial)
@@ -100,10 +112,7 @@ class LineSplitter:
         else:
             body = data[:last]
         self._partial += memoryview(data)[last + 1 :]
-        lines = self._lines(body)
-        if len(self._partial) > self._max:
-            lines.extend(self._cut_partial())
-        return lines
+        return body, self._cut_partial() if len(self._partial) > self._max else []
 
     def flush(self) -> Line | None:
         """The unfinished last line (the output ended without a newline), or ``None``."""
@@ -118,8 +127,9 @@ class LineSplitter:
         """Bytes of an unfinished line held until its newline (or ``flush``)."""
         return len(self._partial)
 
-    def _lines(self, body: bytes) -> list[Line]:
-        """Complete lines: ``body`` is every byte up to (not including) a chunk's last newline."""
+    def split_body(self, body: bytes) -> list[Line]:
+        """Complete lines: ``body`` is every byte up to (not including) a chunk's last newline
+        (what ``feed_body`` returns)."""
         if len(body) <= self._max:  # no line in it can be too long
             try:
                 return cast("list[Line]", body.decode("utf-8").split("\n"))
