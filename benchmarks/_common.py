@@ -227,3 +227,27 @@ async def alternate(ours: Round, theirs: Round, repeats: int, *, yardstick: str)
             flush=True,
         )
     return pairs
+
+
+#: Bytes per line of ``LINE_PRODUCER``'s output, newline included.
+PRODUCER_LINE = 100
+
+#: A program writing ``argv[1]`` bytes of 100-byte lines (``"x" * 99`` and a newline), about
+#: 1 MiB of whole lines per write: the producer of the streaming benchmarks.
+LINE_PRODUCER = r"""
+import sys
+total = int(sys.argv[1])
+line = b"x" * 99 + b"\n"
+block = line * 10485  # 1,048,500 bytes: about 1 MiB of whole lines
+out = sys.stdout.buffer
+while total >= len(block):
+    out.write(block)
+    total -= len(block)
+out.write(line * (total // len(line)))
+out.flush()
+"""
+
+
+def producer_argv(nbytes: int) -> list[str]:
+    """argv running ``LINE_PRODUCER`` for ``nbytes`` bytes with this Python."""
+    return [sys.executable, "-c", LINE_PRODUCER, str(nbytes)]

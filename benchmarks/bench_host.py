@@ -52,7 +52,16 @@ from typing import Any
 
 import anyio
 import psutil
-from _common import CpuClock, header, median, parser, report_pair, verdict
+from _common import (
+    PRODUCER_LINE,
+    CpuClock,
+    header,
+    median,
+    parser,
+    producer_argv,
+    report_pair,
+    verdict,
+)
 
 import asyncjobs
 from asyncjobs import HostSession
@@ -61,26 +70,8 @@ GOAL_RATIO = 2.0
 GOAL_MBS = 100.0
 GOAL_REATTACH = 10.0
 HOST_PROCESS_LIMIT = 64  # the job host's JobManager(process_limit=64)
-LINE = 100  # bytes per line, newline included
+LINE = PRODUCER_LINE  # bytes per line, newline included
 PAGE = 50_000  # records per read() in part 3 (the client's own page size)
-PRODUCER = r"""
-import sys
-total = int(sys.argv[1])
-line = b"x" * 99 + b"\n"
-block = line * 10485  # 1,048,500 bytes: about 1 MiB of whole lines
-out = sys.stdout.buffer
-while total >= len(block):
-    out.write(block)
-    total -= len(block)
-out.write(line * (total // len(line)))
-out.flush()
-"""
-
-
-def producer_argv(nbytes: int) -> list[str]:
-    return [sys.executable, "-c", PRODUCER, str(nbytes)]
-
-
 # -- the job host of this benchmark ----------------------------------------------------------
 
 

@@ -2,8 +2,8 @@
 
 The producer is one Python process writing ``--size`` MB (default 1000 MB = 1 GB) of 100-byte
 lines (99 bytes + newline) to ``sys.stdout.buffer``, a precomputed ~1 MiB block at a time.
-asyncjobs: ``start_command([python, "-c", PRODUCER, nbytes])`` and ``async for line in
-job.stream()`` (default ``spill`` buffer), counting lines and bytes.
+asyncjobs: ``start_command(producer_argv(nbytes))`` (``_common.LINE_PRODUCER``) and
+``async for line in job.stream()`` (default ``spill`` buffer), counting lines and bytes.
 Yardstick (asyncio): the same producer via ``asyncio.create_subprocess_exec(..., stdout=PIPE)`` and
 ``await proc.stdout.readline()`` until EOF. On trio: ``anyio.open_process`` and
 ``BufferedByteReceiveStream.receive_until(b"\\n")`` until EOF.
@@ -17,32 +17,15 @@ No goal.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 
 import anyio
-from _common import header, median, parser, report_pair
+from _common import PRODUCER_LINE, header, median, parser, producer_argv, report_pair
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import asyncjobs
 
-LINE = 100
-PRODUCER = r"""
-import sys
-total = int(sys.argv[1])
-line = b"x" * 99 + b"\n"
-block = line * 10485  # 1,048,500 bytes: about 1 MiB of whole lines
-out = sys.stdout.buffer
-while total >= len(block):
-    out.write(block)
-    total -= len(block)
-out.write(line * (total // len(line)))
-out.flush()
-"""
-
-
-def producer_argv(nbytes: int) -> list[str]:
-    return [sys.executable, "-c", PRODUCER, str(nbytes)]
+LINE = PRODUCER_LINE
 
 
 class Round:
