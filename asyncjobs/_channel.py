@@ -12,6 +12,13 @@ resumes reading. ``drain()`` returns when the channel is closed and everything i
 
 The remote command is wrapped so that its first stdout line carries its process group id (see
 ``_remote``); that line is taken off here and never reaches the log.
+
+Its stdin gets the job's input, if it has any, then EOF, as soon as the command has started (an
+``ssh host cmd </dev/null`` without input): a remote command that reads stdin ends instead of
+waiting for a terminal it does not have. The input is written from the channel's own callbacks
+too, a chunk at a time while asyncssh's send buffer has room (``pause_writing`` /
+``resume_writing``), so that sending and receiving overlap (a ``cat`` of more than the windows
+hold cannot deadlock) and the input is never copied more than one chunk ahead of the window.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ _HEAD_MAX: Final = 64  # a marker line is shorter than this
 #: this size: one record per socket read, not one per 32 KiB SSH packet.
 _RAW_ITEM: Final = 1 << 20
 
+#: The input is handed to asyncssh this much at a time (its send buffer pauses us past 64 KiB).
+_INPUT_CHUNK: Final = 1 << 16
+
 
 @attrs.define
 class CommandProgress:
@@ -58,10 +68,20 @@ class CommandProgress:
 class CommandChannel(asyncssh.SSHClientSession[bytes]):
     """An asyncssh session that appends a command's stdout and stderr to a ``RecordLog``."""
 
-    def __init__(self, log: RecordLog, progress: CommandProgress, lines: bool) -> None:
+    def __init__(
+        self,
+        log: RecordLog,
+        progress: CommandProgress,
+        lines: bool,
+        input: bytes | memoryview | None = None,
+    ) -> None:
         self._log = log
         self._progress = progress
         self._lines = lines
+        self._input = memoryview(input if input is not None else b"")
+        self._input_at = 0  # how much of it asyncssh has taken
+        self._input_done = False  # EOF sent, or stdin is closed over there: nothing more to write
+        self._write_paused = False
         self._split: dict[StreamName, Splitter] = {
             "output": splitter(lines),
             "error": splitter(lines),
@@ -86,6 +106,38 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self._chan = chan
         self.t_open = time.perf_counter()
+
+    def session_started(self) -> None:
+        # The command runs now (its exec request was accepted): its stdin, then EOF.
+        self._write_input()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._write_input()
+
+    def _write_input(self) -> None:
+        """Hand asyncssh input while its send buffer has room; EOF after the last byte. Runs
+        in asyncssh's callbacks: nothing may be raised from here."""
+        chan = self._chan
+        if chan is None or self._input_done:
+            return
+        data, progress = self._input, self._progress
+        try:
+            while self._input_at < len(data) and not self._write_paused:
+                chunk = data[self._input_at : self._input_at + _INPUT_CHUNK]
+                chan.write(chunk)  # asyncssh copies it (into a bytearray)
+                self._input_at += len(chunk)
+                progress.bytes_out += len(chunk)
+            if self._input_at >= len(data):
+                self._input_done = True
+                chan.write_eof()
+        except Exception:  # closed for sending: the command is gone or stopped reading
+            self._input_done = True
+        if self._input_done:
+            self._input = memoryview(b"")  # the caller's bytes are not held any longer
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._discard:

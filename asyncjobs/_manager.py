@@ -229,6 +229,7 @@ class JobManager:
         stop_grace: float | None = None,
         max_channels: int = DEFAULT_MAX_CHANNELS,
         lines: bool = True,
+        input: str | bytes | None = None,
         **ssh_options: Any,
     ) -> Job:
         """Run ``command`` on every target (Invoke-Command -AsJob): a parent ``RemoteJob`` with
@@ -241,8 +242,9 @@ class JobManager:
         instead. ``retries`` retries connection-level failures (never auth or host-key ones)
         with backoff; ``timeout`` bounds the command, ``connect_timeout=`` the connection.
         ``lines=False`` passes stdout and stderr through as ``bytes`` chunks (not on named
-        sessions, whose job host keeps lines). Every other keyword is an asyncssh client option
-        for the temporary connections.
+        sessions, whose job host keeps lines). ``input`` (``str`` or ``bytes``) goes to every
+        target's stdin, then EOF; without it stdin gets EOF at once. Every other keyword is an
+        asyncssh client option for the temporary connections.
         Needs asyncio (asyncssh); returns at once with the children scheduled.
         """
         from ._remote import start_invoke
@@ -261,6 +263,7 @@ class JobManager:
             max_channels=max_channels,
             lines=lines,
             ssh_options=ssh_options,
+            input=input,
         )
 
     def _new_job(

@@ -96,6 +96,24 @@ def shell_command(command: str | Sequence[str]) -> str:
     return shlex.join(command)
 
 
+def remote_input(value: object) -> bytes | None:
+    """``input=`` of a remote command, checked: ``None`` (stdin gets EOF at once, as from
+    ``/dev/null``), ``bytes`` or a ``str`` (sent as UTF-8), then EOF."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise JobArgumentError(f"input is not encodable as UTF-8 ({exc}); pass bytes") from None
+    raise JobArgumentError(
+        f"input must be str or bytes (the remote command's stdin, then EOF), got "
+        f"{type(value).__name__}: {value!r:.80}; join lines first ('\\n'.join(lines))"
+    )
+
+
 def _wrapped(command: str) -> str:
     # The shell sshd starts leads its own process group; its pid ($$) is that group's id.
     return f"printf '\\036asyncjobs-pgid %s\\n' \"$$\"; {command}"
@@ -124,18 +142,23 @@ def _kill_script(pgid: int, grace: float) -> str:
 
 
 async def _open_channel(
-    session: Session, command: str, log: RecordLog, progress: CommandProgress, lines: bool
+    session: Session,
+    command: str,
+    log: RecordLog,
+    progress: CommandProgress,
+    lines: bool,
+    input: bytes | None = None,
 ) -> CommandChannel:
-    """Open a channel running ``command`` into ``log``; a refused channel is retried with
-    backoff. A host that stops answering fails it after the session's ``channel_timeout`` (its
-    ``connect_timeout``, 30 s by default), never hangs it."""
+    """Open a channel running ``command`` into ``log``, ``input`` (then EOF) on its stdin; a
+    refused channel is retried with backoff. A host that stops answering fails it after the
+    session's ``channel_timeout`` (its ``connect_timeout``, 30 s by default), never hangs it."""
     delay = 0.05
     timeout = session.channel_timeout
     for attempt in range(_OPEN_RETRIES + 1):
         try:
             with map_ssh_errors(session.where, timeout=timeout), anyio.fail_after(timeout):
                 _, channel = await session.connection.create_session(
-                    lambda: CommandChannel(log, progress, lines), command, encoding=None
+                    lambda: CommandChannel(log, progress, lines, input), command, encoding=None
                 )
                 assert isinstance(channel, CommandChannel)
                 return channel
@@ -166,11 +189,13 @@ async def run_remote(
     connect: ConnectTimings | None = None,
     attempts: int = 1,
     lines: bool = True,
+    input: bytes | None = None,
 ) -> None:
-    """The body of a remote command job on an open session (see ``_runner.run_in_slot``)."""
+    """The body of a remote command job on an open session (see ``_runner.run_in_slot``):
+    ``input`` (checked by ``remote_input``) goes to its stdin, then EOF."""
     progress = CommandProgress()
     try:
-        await _run(job, session, command, started, progress, timeout, stop_grace, lines)
+        await _run(job, session, command, started, progress, timeout, stop_grace, lines, input)
     finally:
         job.timings = RemoteTimings(
             location=job.location,
@@ -194,6 +219,7 @@ async def _run(
     timeout: float | None,
     stop_grace: float,
     lines: bool,
+    input: bytes | None,
 ) -> None:
     log = job._log
     assert log is not None
@@ -206,7 +232,7 @@ async def _run(
         await slots.acquire()
     try:
         wrapped = _wrapped(command)
-        channel = await _open_channel(session, wrapped, log, progress, lines)
+        channel = await _open_channel(session, wrapped, log, progress, lines, input)
         progress.channel_open = time.perf_counter() - t0
         progress.bytes_out += len(wrapped.encode())
         try:
@@ -327,6 +353,7 @@ async def start_invoke(
     max_channels: int,
     lines: bool,
     ssh_options: dict[str, Any],
+    input: object = None,
 ) -> Job:
     """Make the parent and one child per target, and schedule every child under the throttle."""
     require_asyncio("invoke")
@@ -352,6 +379,7 @@ async def start_invoke(
             "lines; use an unnamed session (connect(host)) or a host string for raw bytes"
         )
     text = shell_command(command)
+    data = remote_input(input)
     children = [
         manager._new_job(None, "RemoteJob", text, buffer, location=t.location) for t in parsed
     ]
@@ -361,8 +389,9 @@ async def start_invoke(
     for child, target in zip(children, parsed, strict=True):
         child._listeners.append(watch.child_changed)
         body = _child_body(
-            child, target, text, timeout, stop_grace, retries, max_channels, lines, ssh_options
-        )
+            child, target, text, timeout, stop_grace, retries, max_channels, lines, ssh_options,
+            data,
+        )  # fmt: skip
         tg.start_soon(run_in_slot, child, throttle, body)
     return parent
 
@@ -399,6 +428,7 @@ def _child_body(
     max_channels: int,
     lines: bool,
     options: dict[str, Any],
+    input: bytes | None = None,
 ) -> Callable[[Callable[[], None]], Any]:
     async def body(started: Callable[[], None]) -> None:
         log = child._log
@@ -406,7 +436,7 @@ def _child_body(
         if isinstance(target, Session) and target.name is not None:
             # A named session: the command runs on the host's job host, and this child
             # mirrors its records, so a dropped link means DISCONNECTED, not lost.
-            await run_hosted(child, target, command, started, timeout=timeout)
+            await run_hosted(child, target, command, started, timeout=timeout, input=input)
             return
         if isinstance(target, Session):
             await run_remote(
@@ -417,6 +447,7 @@ def _child_body(
                 timeout=timeout,
                 stop_grace=stop_grace,
                 lines=lines,
+                input=input,
             )
             return
         attempts = [0]
@@ -442,6 +473,7 @@ def _child_body(
                 connect=timings,
                 attempts=attempts[0],
                 lines=lines,
+                input=input,
             )
 
     return body
@@ -475,6 +507,7 @@ async def run_hosted(
     started: Callable[[], None],
     *,
     timeout: float | None,
+    input: bytes | None = None,
 ) -> None:
     """The body of a child on a named session: start the command on the host's job host,
     then copy its records here from the last seq held. A lost link makes the job
@@ -482,7 +515,7 @@ async def run_hosted(
     that same seq: nothing lost, nothing twice."""
     log = job._log
     assert log is not None
-    host_id = (await session.jobs.start_command(command)).id
+    host_id = (await session.jobs.start_command(command, input=input)).id
     started()
     seq = 0
     stop_sent = False
@@ -545,19 +578,27 @@ async def _reconnect(job: Job, session: Session, generation: int) -> None:
 
 
 async def invoke_on_session(
-    session: Session, command: str | Sequence[str], *, timeout: float | None, lines: bool
+    session: Session,
+    command: str | Sequence[str],
+    *,
+    timeout: float | None,
+    lines: bool,
+    input: object = None,
 ) -> list[Any]:
     """``Session.invoke``: one remote command, waited for; its output, or ``JobFailed``."""
     require_asyncio("Session.invoke")
     lines = check_lines(lines)
     text = shell_command(command)
+    data = remote_input(input)
     log = RecordLog(job_id=0, location=session.location, buffer=Buffer())
     job = Job._leaf(
         id=0, name="invoke", kind="RemoteJob", command=text, location=session.location, log=log
     )
 
     async def body(started: Callable[[], None]) -> None:
-        await run_remote(job, session, text, started, timeout=timeout, stop_grace=5.0, lines=lines)
+        await run_remote(
+            job, session, text, started, timeout=timeout, stop_grace=5.0, lines=lines, input=data
+        )
 
     await run_in_slot(job, anyio.CapacityLimiter(1), body)  # always returns it finished
     try:

@@ -263,16 +263,23 @@ class Session:
         return self._conn
 
     async def invoke(
-        self, command: str | list[str], *, timeout: float | None = None, lines: bool = True
+        self,
+        command: str | list[str],
+        *,
+        timeout: float | None = None,
+        lines: bool = True,
+        input: str | bytes | None = None,
     ) -> list[Any]:
         """Run ``command`` on the host and return its output lines (Invoke-Command -Session);
-        with ``lines=False``, its stdout as ``bytes`` chunks (``b"".join`` them).
+        with ``lines=False``, its stdout as ``bytes`` chunks (``b"".join`` them). ``input``
+        (``str``, sent as UTF-8, or ``bytes``) is written to its stdin; then, and without
+        ``input`` at once, its stdin gets EOF (as from ``/dev/null``).
 
         Raises ``JobFailed`` (the exit status or signal in its ``reason``) if it fails.
         """
         from ._remote import invoke_on_session
 
-        return await invoke_on_session(self, command, timeout=timeout, lines=lines)
+        return await invoke_on_session(self, command, timeout=timeout, lines=lines, input=input)
 
     @property
     def jobs(self) -> HostJobs:

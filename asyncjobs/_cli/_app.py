@@ -55,6 +55,13 @@ def cli() -> None:
 )
 @click.option("--fail-fast", is_flag=True, help="Stop every host once one fails.")
 @click.option("--fold", is_flag=True, help="Print each distinct output once, with its hosts.")
+@click.option(
+    "--stdin",
+    "-I",
+    "send_stdin",
+    is_flag=True,
+    help="Send this stdin to every host's command (read once, up to 8 MiB); else it gets EOF.",
+)
 @ssh_options
 @common
 @click.argument("command", nargs=-1, required=True)
@@ -65,6 +72,7 @@ def invoke(
     timeout: float | None,
     fail_fast: bool,
     fold: bool,
+    send_stdin: bool,
     command: tuple[str, ...],
     **ssh: Any,
 ) -> None:
@@ -77,10 +85,18 @@ def invoke(
       asyncjobs invoke -H web[01-04],db1 -- uptime
       asyncjobs invoke --hostfile hosts.txt --fold -- cat /etc/debian_version
     """
+    from ._invoke import read_stdin
+
+    if send_stdin and "-" in {h.strip() for h in hosts} | set(hostfile):
+        raise click.BadParameter(
+            "standard input can't be both the hosts (-H - or --hostfile -) and their input",
+            param_hint="'--stdin'",
+        )
     if not hosts and not hostfile:
         from ._invoke import invoke_local
 
-        run("invoke", invoke_local, command, timeout=timeout, folding=fold)
+        data = read_stdin() if send_stdin else None
+        run("invoke", invoke_local, command, timeout=timeout, folding=fold, input=data)
         return
     try:
         chosen = targets_of(hosts, hostfile, ssh)
@@ -88,6 +104,8 @@ def invoke(
         fail("invoke", exc)
         return
     from ._invoke import invoke_remote
+
+    data = read_stdin() if send_stdin else None
 
     run(
         "invoke",
@@ -99,6 +117,7 @@ def invoke(
         fail_fast=fail_fast,
         folding=fold,
         ssh_options=ssh_dict(ssh),
+        input=data,
     )
 
 

@@ -42,6 +42,29 @@ if TYPE_CHECKING:
 _RULE = "-" * 15
 SUMMARY_COLUMNS = ("Hosts", "Count", "State", "ExitStatus", "Reason")
 
+#: ``--stdin`` reads the command line's stdin once, into memory, and sends it to every host:
+#: at most this much (the job host's frames, which carry it without ``-H``, hold 16 MiB).
+STDIN_LIMIT = 8 << 20
+
+
+def read_stdin() -> bytes:
+    """``--stdin``: all of standard input, or a usage error past ``STDIN_LIMIT``."""
+    import sys
+
+    import click
+
+    stream = sys.stdin.buffer if sys.stdin is not None else None
+    if stream is None:
+        raise click.BadParameter("standard input is not available", param_hint="'--stdin'")
+    data = stream.read(STDIN_LIMIT + 1)
+    if len(data) > STDIN_LIMIT:
+        raise click.BadParameter(
+            f"standard input is larger than {STDIN_LIMIT >> 20} MiB (it is held in memory to "
+            "be sent to every host); copy big files to the hosts instead (scp, rsync, pdcp)",
+            param_hint="'--stdin'",
+        )
+    return data
+
 
 class Printer:
     """Where the records of an invoke go: the JSON document, the fold, or the screen."""
@@ -93,6 +116,7 @@ async def invoke_remote(
     fail_fast: bool,
     folding: bool,
     ssh_options: dict[str, Any],
+    input: bytes | None = None,
 ) -> None:
     """A fan-out (``JobManager.invoke``): a parent job with one child per host."""
     from .._manager import JobManager
@@ -106,6 +130,7 @@ async def invoke_remote(
             throttle_limit=throttle,
             on_failure="fail_fast" if fail_fast else "continue",
             timeout=timeout,
+            input=input,
             **ssh_options,
         )
         async with _status(screen, printer, lambda: _child_states(parent)):
@@ -129,6 +154,7 @@ async def invoke_local(
     *,
     timeout: float | None,
     folding: bool,
+    input: bytes | None = None,
 ) -> None:
     """Invoke-Command without a host: the command runs on this machine's job host, its
     output is followed, and the job is removed once it is received."""
@@ -136,7 +162,7 @@ async def invoke_local(
     host = Link(Where())
     t0 = time.monotonic()
     async with host.session(CLI_SESSION, patient=True) as s:
-        info = await s.jobs.start_command(command_arg(argv))
+        info = await s.jobs.start_command(command_arg(argv), input=input)
     states = {"state": info.state.value}
     try:
         async with host.session() as s, _status(screen, printer, lambda: [states["state"]]):
