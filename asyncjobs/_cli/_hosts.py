@@ -1,6 +1,6 @@
 """Host lists as pdsh and clush take them: ``web[01-12],db1``, ``user@db[1-3]:2222``, a host
 file with ``#`` comments, ``-`` for standard input; and the reverse, folding host names back
-into ranges for display (``web[01-03]``).
+into ranges for display (``web[01-12]``), by clush's nodeset rules.
 
 Pure: no I/O but the host file the caller names, no asyncjobs imports beyond ``Target``. Every
 malformed input raises ``HostSyntaxError`` with one line that names the token and the fix.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Final, TextIO
 
 from .._errors import JobArgumentError
@@ -19,7 +19,6 @@ from .._targets import Target
 #: More hosts than this from one expression is surely a typo (``web[1-1000000]``).
 MAX_HOSTS: Final = 100_000
 _RANGE_HINT: Final = "write ranges as web[01-12] or web[1,3,5-7]"
-_TRAILING_NUMBER: Final = re.compile(r"^(.*?)(\d+)(\D*)$")
 
 
 class HostSyntaxError(JobArgumentError):
@@ -57,6 +56,14 @@ def _numbers(body: str, token: str) -> list[str]:
         if not dash:
             out.append(lo)
             continue
+        if (_padded(lo) or _padded(hi)) and len(lo) != len(
+            hi
+        ):  # clush: a padded range has one width
+            width = max(len(lo), len(hi))
+            raise HostSyntaxError(
+                f"bad host range {token!r}: {lo}-{hi} mixes widths; write "
+                f"[{lo.zfill(width)}-{hi.zfill(width)}] (padded) or [{int(lo)}-{int(hi)}]"
+            )
         first, last = int(lo), int(hi)
         if first > last:
             raise HostSyntaxError(
@@ -66,9 +73,14 @@ def _numbers(body: str, token: str) -> list[str]:
             raise HostSyntaxError(
                 f"bad host range {token!r}: {lo}-{hi} is more than {MAX_HOSTS:,} hosts"
             )
-        width = len(lo) if lo.startswith("0") and len(lo) > 1 else 0
+        width = len(lo) if _padded(lo) else 0
         out.extend(str(n).zfill(width) for n in range(first, last + 1))
     return out
+
+
+def _padded(number: str) -> bool:
+    """``08`` is written with padding (2 digits, always); ``8``, ``10`` and ``0`` are not."""
+    return len(number) > 1 and number.startswith("0")
 
 
 def _is_ipv6_literal(token: str) -> bool:
@@ -183,46 +195,99 @@ def target_text(target: Target) -> str:
 
 
 # -- folding, for display -------------------------------------------------------------------
+#
+# ClusterShell's nodeset rules (1.9, mixed padding): a host name is text and numbers, and hosts
+# whose text is the same fold together, their numbers into ranges. A number keeps its padding
+# as written: ``08`` is padded to 2 digits, ``8`` is not, and a padded range only takes numbers
+# of its width (``web[08-11]``: 10 and 11 are 2 digits too), an unpadded one only unpadded
+# numbers (``web[8-11]``); ``web8`` and ``web08`` are two hosts (``web[8,08]``). Numbers sort
+# by length, then value, as clush sorts them. A name with brackets, a comma or an IPv6 address
+# is kept as it is.
+
+_NUMBER: Final = re.compile(r"(\d+)")
+
+
+def _parts(host: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A host as its text around the numbers and the numbers: ``ops@db1:2222`` →
+    ``("ops@db", ":", "")``, ``("1", "2222")``. Hosts that can't be written as a range are all
+    text."""
+    if any(c in host for c in "[],") or host.count(":") > 1 or not host:
+        return (host,), ()
+    pieces = _NUMBER.split(host)
+    return tuple(pieces[0::2]), tuple(pieces[1::2])
+
+
+def _number_key(number: str) -> tuple[int, str]:
+    return len(number), number  # clush: shorter first (8 before 08), then by value
+
+
+def host_order(host: str) -> tuple[tuple[str, ...], tuple[tuple[int, str], ...]]:
+    """The order ``fold`` lists hosts in (and that expanding its result gives): by their text,
+    then number by number, shorter numbers first (``web9`` before ``web10`` and ``web09``)."""
+    texts, numbers = _parts(host)
+    return texts, tuple(_number_key(n) for n in numbers)
 
 
 def fold(hosts: Iterable[str]) -> str:
-    """Host names folded back into ranges, in order of first appearance:
-    ``web01,web02,web03,db1`` → ``web[01-03],db1``."""
-    groups: dict[tuple[str, str, int], list[int]] = {}
-    plain: dict[str, None] = {}
-    order: list[tuple[str, str, int] | str] = []
-    for host in dict.fromkeys(hosts):
-        match = _TRAILING_NUMBER.match(host)
-        if match is None:
-            plain[host] = None
-            order.append(host)
-            continue
-        prefix, digits, suffix = match.groups()
-        width = len(digits) if digits.startswith("0") and len(digits) > 1 else 0
-        key = (prefix, suffix, width)
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        groups[key].append(int(digits))
-    return ",".join(
-        item if isinstance(item, str) else _fold_group(*item, groups[item]) for item in order
-    )
+    """Host names folded into ranges, as clush's ``nodeset -f`` folds them, sorted (see
+    ``host_order``): ``web10,web08,web09,web11,db1`` → ``db1,web[08-11]``. Expanding the result
+    gives every host once, in that order."""
+    groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    for host in set(hosts):
+        texts, numbers = _parts(host)
+        groups.setdefault(texts, []).append(numbers)
+    out: list[str] = []
+    for texts in sorted(groups):
+        vectors = sorted(groups[texts], key=lambda v: tuple(_number_key(n) for n in v))
+        out.extend(_render(texts, box) for box in _boxes(vectors))
+    return ",".join(out)
 
 
-def _fold_group(prefix: str, suffix: str, width: int, numbers: list[int]) -> str:
-    if len(numbers) == 1:
-        return f"{prefix}{str(numbers[0]).zfill(width)}{suffix}"
-    spans = ",".join(_spans(sorted(set(numbers)), width))
-    return f"{prefix}[{spans}]{suffix}"
+def _boxes(vectors: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Sorted number vectors (one per host, all of one length) as boxes: per position, the
+    range text (``01-03,05``) whose product gives those vectors, in the same order.
+
+    The last position is folded first, per run of vectors that agree on the others; runs next
+    to each other with the same last ranges merge (``rack[1-2]-n[1-2]``), and their leading
+    numbers are folded the same way. Only neighbours merge, so expanding the boxes one after
+    the other gives the vectors in their order."""
+    if not vectors or not vectors[0]:
+        return [()]
+    if len(vectors[0]) == 1:
+        return [(_ranges([v[0] for v in vectors]),)]
+    rows: list[tuple[tuple[str, ...], list[str]]] = []  # (leading numbers, last numbers)
+    for vector in vectors:
+        if rows and rows[-1][0] == vector[:-1]:
+            rows[-1][1].append(vector[-1])
+        else:
+            rows.append((vector[:-1], [vector[-1]]))
+    runs: list[tuple[list[tuple[str, ...]], str]] = []
+    for lead, lasts in rows:
+        last = _ranges(lasts)
+        if runs and runs[-1][1] == last:
+            runs[-1][0].append(lead)
+        else:
+            runs.append(([lead], last))
+    return [(*box, last) for leads, last in runs for box in _boxes(leads)]
 
 
-def _spans(numbers: list[int], width: int) -> Iterator[str]:
-    start = prev = numbers[0]
-    for n in [*numbers[1:], None]:
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        a, b = str(start).zfill(width), str(prev).zfill(width)
-        yield a if start == prev else f"{a}-{b}"
-        if n is not None:
-            start = prev = n
+def _ranges(numbers: list[str]) -> str:
+    """Sorted, distinct numbers as clush writes them: ``9,01-03,05,10-11``."""
+    spans: list[list[str]] = []  # [first, last]
+    for number in numbers:
+        if spans:
+            first, last = spans[-1]
+            fits = len(number) == len(first) if _padded(first) else not _padded(number)
+            if fits and int(number) == int(last) + 1:
+                spans[-1][1] = number
+                continue
+        spans.append([number, number])
+    return ",".join(first if first == last else f"{first}-{last}" for first, last in spans)
+
+
+def _render(texts: tuple[str, ...], box: tuple[str, ...]) -> str:
+    out = [texts[0]]
+    for text, numbers in zip(texts[1:], box, strict=True):
+        out.append(numbers if numbers.isdigit() else f"[{numbers}]")
+        out.append(text)
+    return "".join(out)
