@@ -19,26 +19,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeAlias
+from typing import Any
 
 import anyio
 import attrs
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
+from . import _checks as checks
+from ._checks import SHELL as _SHELL
+from ._checks import Input as Input
 from ._errors import CommandFailed, JobArgumentError
 from ._job import Job
 from ._lines import CHUNK, check_lines, input_chunks, splitter
 from ._log import RecordLog
 from ._models import StreamName
 
-#: What is fed to stdin: all of it at once, or lines as an iterable yields them.
-Input: TypeAlias = bytes | Iterable[str | bytes] | None
-
-_SHELL = ("/bin/sh", "-c")
 _BROKEN = (
     anyio.BrokenResourceError,
     anyio.ClosedResourceError,
@@ -72,7 +70,9 @@ class CommandSpec:
         stop_grace: float,
         lines: object = True,
     ) -> CommandSpec:
-        """Check a ``start_command`` call; bad arguments raise ``JobArgumentError`` here.
+        """Check a ``start_command`` call; bad arguments raise ``JobArgumentError`` here (the
+        rules are ``_checks``': ``session.jobs`` checks a call with them before sending it,
+        and the job host builds its command jobs here).
 
         - ``command``: an argv list of str (run directly, no shell) or a str (run by
           ``/bin/sh -c``).
@@ -83,48 +83,28 @@ class CommandSpec:
           fed by a task, then stdin is closed. A program that stops reading early is fine.
         - ``lines``: ``True`` splits stdout and stderr into lines; ``False`` passes the bytes
           through unsplit, one ``bytes`` item per chunk read.
+
+        No NUL byte in an argv element, the shell string, ``cwd`` or ``env``: the operating
+        system can't pass one.
         """
-        argv, display = _argv(command)
+        argv, display = checks.command(command)
         return cls(
             argv,
             display,
             _cwd(cwd),
             _env(env),
-            _input(input),
-            _grace(stop_grace),
+            checks.input(input),
+            checks.grace(stop_grace),
             check_lines(lines),
         )
 
 
-def _argv(command: object) -> tuple[tuple[str, ...], str]:
-    if isinstance(command, str):
-        if not command.strip():
-            raise JobArgumentError("start_command() got an empty command string; give a program")
-        return (*_SHELL, command), command
-    if isinstance(command, bytes | bytearray) or not isinstance(command, Iterable):
-        raise JobArgumentError(
-            f"command must be an argv list of str (['ls', '-l']) or a shell string ('ls -l'), "
-            f"got {type(command).__name__}: {command!r}"
-        )
-    items = tuple(command)
-    if not items:
-        raise JobArgumentError("start_command() got an empty argv; the first item is the program")
-    argv = tuple(os.fspath(a) if isinstance(a, os.PathLike) else a for a in items)
-    for i, arg in enumerate(argv):
-        if not isinstance(arg, str):
-            raise JobArgumentError(
-                f"command[{i}] must be a str, got {type(items[i]).__name__}: {items[i]!r}; "
-                f"convert it with str() (argv is {items!r})"
-            )
-    return argv, shlex.join(argv)
-
-
-def _cwd(cwd: object) -> str:
-    if cwd is None:
+def _cwd(value: object) -> str:
+    """``cwd`` as an absolute path that exists here (the machine that runs the job)."""
+    given = checks.cwd(value)
+    if given is None:
         return os.getcwd()
-    if not isinstance(cwd, str | os.PathLike):
-        raise JobArgumentError(f"cwd must be a path (str or os.PathLike), got {cwd!r}")
-    path = os.path.abspath(os.fspath(cwd))
+    path = os.path.abspath(given)
     if not os.path.exists(path):
         raise JobArgumentError(
             f"cwd {path!r} does not exist; create it first or pass an existing directory as cwd="
@@ -134,42 +114,10 @@ def _cwd(cwd: object) -> str:
     return str(path)
 
 
-def _env(env: object) -> dict[str, str] | None:
-    if env is None:
-        return None
-    if not isinstance(env, Mapping):
-        raise JobArgumentError(f"env must be a mapping of str to str, got {env!r}")
-    for key, value in env.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            raise JobArgumentError(f"env: {key!r} is not a valid variable name (a str, no '=')")
-        if not isinstance(value, str) or "\0" in value:
-            raise JobArgumentError(
-                f"env[{key!r}] must be a str without NUL, got {type(value).__name__}: {value!r}"
-            )
-    return {**os.environ, **env}
-
-
-def _input(value: object) -> Input:
-    if value is None or isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, Mapping) or not isinstance(value, Iterable):
-        raise JobArgumentError(
-            f"input must be bytes, str or an iterable of lines (str or bytes), "
-            f"got {type(value).__name__}: {value!r}"
-        )
-    if isinstance(value, list | tuple):  # checked now, so that the caller hears of a bad line
-        return b"".join(input_chunks(value))
-    return value  # lazy (a generator, a file): checked line by line as it is fed
-
-
-def _grace(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise JobArgumentError(f"stop_grace must be a number of seconds >= 0, got {value!r}")
-    return float(value)
+def _env(value: object) -> dict[str, str] | None:
+    """``env`` added to this process's environment: the whole environment the job gets."""
+    added = checks.env(value)
+    return None if added is None else {**os.environ, **added}
 
 
 # -- running -----------------------------------------------------------------------------------

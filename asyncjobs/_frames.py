@@ -22,6 +22,7 @@ import anyio.lowlevel
 import attrs
 from anyio.abc import Process
 
+from . import _checks as checks
 from . import _worker
 from ._errors import JobArgumentError
 from ._worker import HEADER
@@ -184,17 +185,15 @@ def _pickle_call(
 
 
 def _directory(cwd: str | os.PathLike[str] | None) -> str:
-    if cwd is None:
+    given = checks.cwd(cwd)
+    if given is None:
         try:
             return os.getcwd()
         except OSError as exc:
             raise JobArgumentError(
                 f"start_process(): the current directory is gone ({exc.strerror}); pass cwd="
             ) from exc
-    try:
-        path = os.path.abspath(os.fspath(cwd))
-    except TypeError as exc:
-        raise JobArgumentError(f"start_process(): cwd must be a path, got {cwd!r}") from exc
+    path = os.path.abspath(given)
     if not os.path.isdir(path):
         raise JobArgumentError(
             f"start_process(): cwd {path!r} is not an existing directory; create it or pass "
@@ -204,18 +203,7 @@ def _directory(cwd: str | os.PathLike[str] | None) -> str:
 
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str] | None:
-    if env is None:
-        return None
-    if not isinstance(env, Mapping):
-        raise JobArgumentError(f"start_process(): env must be a mapping of str to str, got {env!r}")
-    for key, value in env.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise JobArgumentError(
-                f"start_process(): env must map str to str; {key!r}: {value!r} does not"
-            )
-        if not key or "=" in key or "\0" in key or "\0" in value:
-            raise JobArgumentError(f"start_process(): {key!r} is not a valid environment variable")
-    return dict(env)
+    return checks.env(env)  # the rules of start_command's env=
 
 
 # -- one worker process ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, Literal, final
 import anyio
 import attrs
 
+from . import _checks as checks
 from ._errors import JobArgumentError, JobFailed, JobStateError, JobStopped
 from ._log import RecordLog, stream_set
 from ._models import JobStatistics, Record, StateChange, StreamName, sum_buffers
@@ -168,7 +169,8 @@ class Job(metaclass=NoPublicConstructor):
             raise JobStateError(
                 f"{self._label()} is a parent job: read its children", job=self._label()
             )
-        return self._log.read(from_seq, streams=stream_set(streams), limit=limit)
+        chosen = stream_set(streams)
+        return self._log.read(checks.from_seq(from_seq), streams=chosen, limit=checks.limit(limit))
 
     def stream(self, *, streams: Iterable[StreamName] = ("output",)) -> ItemStream:
         """``async for item in job.stream()``: items as they are produced, until the job is
@@ -183,7 +185,7 @@ class Job(metaclass=NoPublicConstructor):
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until the job is finished; False if ``timeout`` seconds passed first."""
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(checks.timeout(timeout)):
             await self._finished.wait()
         return self._finished.is_set()
 

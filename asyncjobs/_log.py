@@ -20,7 +20,8 @@ from typing import Any, Final, final
 
 import anyio
 
-from ._errors import JobArgumentError, JobStateError
+from . import _checks as checks
+from ._errors import JobStateError
 from ._models import STREAMS, Buffer, BufferStatistics, Record, StreamName
 from ._spill import SpillFile
 
@@ -39,17 +40,7 @@ def sizeof(value: object) -> int:
 
 def stream_set(streams: Iterable[str] | None) -> frozenset[StreamName]:
     """Validate a ``streams=`` argument; ``None`` means all seven."""
-    if streams is None:
-        return _ALL
-    if isinstance(streams, str):
-        streams = (streams,)
-    chosen = frozenset(streams)
-    unknown = chosen - _ALL
-    if unknown:
-        raise JobArgumentError(
-            f"unknown stream(s) {sorted(unknown)}; streams are {', '.join(STREAMS)}"
-        )
-    return chosen  # type: ignore[return-value]
+    return checks.streams(streams)
 
 
 @final

@@ -16,6 +16,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from . import _checks as checks
 from . import _command, _process
 from ._errors import AsyncJobsError, JobArgumentError, JobStateError, NoSuchJob
 from ._job import Job, JobKind, ensure_job
@@ -57,7 +58,7 @@ class JobManager:
         self.buffer = buffer if buffer is not None else Buffer()
         if not isinstance(self.buffer, Buffer):
             raise JobArgumentError(f"buffer must be an asyncjobs.Buffer, got {buffer!r}")
-        self.stop_grace = stop_grace
+        self.stop_grace = checks.grace(stop_grace)
         self._jobs: dict[int, Job] = {}
         self._next_id = 1
         self._tg: TaskGroup | None = None
@@ -249,6 +250,8 @@ class JobManager:
         """
         from ._remote import start_invoke
 
+        timeout = checks.timeout(timeout)
+        stop_grace = self.stop_grace if stop_grace is None else checks.grace(stop_grace)
         return await start_invoke(
             self,
             targets,
@@ -259,7 +262,7 @@ class JobManager:
             retries=retries,
             timeout=timeout,
             buffer=buffer,
-            stop_grace=self.stop_grace if stop_grace is None else stop_grace,
+            stop_grace=stop_grace,
             max_channels=max_channels,
             lines=lines,
             ssh_options=ssh_options,
@@ -275,8 +278,7 @@ class JobManager:
         *,
         location: str = "localhost",
     ) -> Job:
-        if name is not None and not isinstance(name, str):
-            raise JobArgumentError(f"name must be a str, got {type(name).__name__}: {name!r}")
+        checks.name(name)
         if buffer is not None and not isinstance(buffer, Buffer):
             raise JobArgumentError(f"buffer must be an asyncjobs.Buffer, got {buffer!r}")
         job_id = self._next_id
@@ -361,6 +363,8 @@ class JobManager:
         include_children: bool = False,
     ) -> list[Job]:
         """The jobs that match every filter given (Get-Job); ``name`` takes shell wildcards."""
+        checks.name(name)
+        checks.name(location, "location")
         ids = None if id is None else ({id} if isinstance(id, int) else set(id))
         states = None if state is None else _states(state)
         out: list[Job] = []
@@ -396,8 +400,10 @@ class JobManager:
         """Wait-Job: the given jobs (default: all) that are finished when it returns.
 
         ``any=True`` returns once one is finished. At ``timeout`` it returns what is finished so
-        far (maybe nothing) instead of raising; ``timeout=0`` only polls.
+        far (maybe nothing) instead of raising; ``timeout=0`` only polls, ``None`` (or
+        ``math.inf``) waits as long as it takes; a negative or NaN ``timeout`` is refused.
         """
+        timeout = checks.timeout(timeout)
         chosen = [self._resolve(j) for j in jobs] if jobs else list(self._jobs.values())
         waiter = _Waiter({id(j) for j in chosen if not j.state.is_finished}, any)
         if waiter.pending and not (any and len(waiter.pending) < len(chosen)):
