@@ -10,7 +10,8 @@ each other's output, and a controller that reconnects goes on from the last seq 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+import os
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, final
@@ -20,7 +21,15 @@ import anyio.abc
 import attrs
 
 from . import __version__
-from ._errors import AsyncJobsError, CommandFailed, ConnectionFailed, JobFailed, JobStopped
+from . import _checks as checks
+from ._errors import (
+    AsyncJobsError,
+    CommandFailed,
+    ConnectionFailed,
+    JobArgumentError,
+    JobFailed,
+    JobStopped,
+)
 from ._hostdir import connect_socket, host_dir
 from ._models import STREAMS, Record, StreamName
 from ._protocol import (
@@ -93,17 +102,25 @@ JobRef = HostJobInfo | int
 
 
 def _job_id(job: JobRef) -> int:
-    if isinstance(job, HostJobInfo):
-        return job.id
-    if isinstance(job, int) and not isinstance(job, bool):
-        return job
-    raise AsyncJobsError(f"expected a job id or a job from session.jobs, got {job!r}")
+    """A job argument as the request carries it; a bad one raises ``JobArgumentError`` here,
+    before anything is sent (the host would refuse it)."""
+    return job.id if isinstance(job, HostJobInfo) else checks.job_id(job)
 
 
 def _streams(streams: Iterable[StreamName] | None) -> list[str] | None:
-    if streams is None:
-        return None
-    return [streams] if isinstance(streams, str) else list(streams)
+    """``streams=`` checked as ``JobManager`` checks it; ``None``: all of them."""
+    return checks.stream_names(streams)
+
+
+def _input(value: object) -> bytes | None:
+    """``input=`` as ``start_command`` takes it, made bytes to send (a list of lines too)."""
+    data = checks.input(value)
+    if data is not None and not isinstance(data, bytes):
+        raise JobArgumentError(
+            f"input for a job host must be bytes, str or a list of lines, got "
+            f"{type(value).__name__}: {value!r}; a lazy iterable can't be sent: make it a list"
+        )
+    return data
 
 
 @final
@@ -218,14 +235,20 @@ class HostJobs:
         /,
         *,
         name: str | None = None,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-        input: str | bytes | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        input: str | bytes | Sequence[str | bytes] | None = None,
     ) -> HostJobInfo:
-        """Start a command on the job host; its records stay there until received."""
-        cmd: str | list[str] = command if isinstance(command, str) else list(command)
+        """Start a command on the job host; its records stay there until received.
+
+        The arguments are checked here as ``JobManager.start_command`` checks them (a bad
+        one raises ``JobArgumentError`` and nothing is sent); whether ``cwd`` exists is for
+        the host to say. ``input`` is ``bytes``, a ``str`` or a list of lines."""
+        argv, _ = checks.command(command)
+        cmd: str | list[str] = command if isinstance(command, str) else list(argv)
+        name, where, added = checks.name(name), checks.cwd(cwd), checks.env(env)
         info: JobInfo = await self._c.request(
-            "start_command", command=cmd, name=name, cwd=cwd, env=env, input=input
+            "start_command", command=cmd, name=name, cwd=where, env=added, input=_input(input)
         )
         return HostJobInfo.from_info(info)
 
@@ -233,6 +256,7 @@ class HostJobs:
         self, *, name: str | None = None, state: JobState | str | None = None
     ) -> list[HostJobInfo]:
         """The host's jobs (every session's), filtered like ``JobManager.get``."""
+        checks.name(name)
         if isinstance(state, str):
             state = state_named(state)
         wanted = state.value if state is not None else None
@@ -247,9 +271,13 @@ class HostJobs:
         self, *jobs: JobRef, any: bool = False, timeout: float | None = None
     ) -> list[HostJobInfo]:
         """Wait-Job on the host: the given jobs (default: this session's) that are finished
-        when it returns; at ``timeout`` what is finished so far."""
+        when it returns; at ``timeout`` what is finished so far (``None`` or ``math.inf``: no
+        limit; negative or NaN: ``JobArgumentError``, as ``JobManager.wait``)."""
         ids = [_job_id(j) for j in jobs]
-        infos: list[JobInfo] = await self._c.request("wait", jobs=ids, any=any, timeout=timeout)
+        seconds = checks.timeout(timeout)
+        infos: list[JobInfo] = await self._c.request(
+            "wait", jobs=ids, any=bool(any), timeout=seconds
+        )
         return [HostJobInfo.from_info(i) for i in infos]
 
     async def read(
@@ -262,7 +290,7 @@ class HostJobs:
     ) -> list[Record]:
         """Records from ``from_seq`` on, received or not; moves nothing (keep)."""
         args = {"job": _job_id(job), "streams": _streams(streams)}
-        return await self._pages(args, from_seq, limit)
+        return await self._pages(args, checks.from_seq(from_seq), checks.limit(limit))
 
     async def _pages(self, args: dict[str, Any], seq: int, limit: int | None) -> list[Record]:
         """Every record ``read`` gives from ``seq`` on (at most ``limit``), page by page, the
@@ -354,7 +382,7 @@ class HostJobs:
 
     async def remove(self, job: JobRef, *, force: bool = False) -> None:
         """Remove-Job on the host: the job and its records are gone."""
-        await self._c.request("remove", job=_job_id(job), force=force)
+        await self._c.request("remove", job=_job_id(job), force=bool(force))
 
 
 @final
