@@ -70,17 +70,32 @@ _MAX_ID: Final = 2**63 - 1
 KINDS: Final = ("ThreadJob", "BackgroundJob", "RemoteJob")
 
 
+_NUL: Final = "must hold no NUL byte (the operating system can't pass one)"
+
+
 def _command(v: Any) -> str | list[str]:
+    """A shell string, or an argv list whose program is not empty; no NUL byte anywhere."""
     if type(v) is str and v.strip():
+        if "\0" in v:
+            raise Bad(_NUL, v)
         return v
     if type(v) is list and v and all(type(x) is str for x in v) and v[0]:
+        for i, x in enumerate(v):
+            if "\0" in x:
+                raise Bad(_NUL, x, f"[{i}]")
         return v
     raise Bad("must be a non-empty str or a non-empty list of str (argv)", v)
 
 
 def _env(v: Any) -> dict[str, str]:
+    """Environment variables: names (non-empty, no ``=`` or NUL) to values (no NUL)."""
     if type(v) is not dict or not all(type(k) is type(x) is str for k, x in v.items()):
         raise Bad("must be an object of str to str", v)
+    for key, x in v.items():
+        if not key or "=" in key or "\0" in key:
+            raise Bad("must map variable names (non-empty, no '=' or NUL) to str", v)
+        if "\0" in x:
+            raise Bad(_NUL, x, f"[{key!r}]")
     return v
 
 

@@ -393,12 +393,21 @@ def integer(lo: int = 0, hi: int | None = None) -> Check:
 
 
 def number(lo: float = 0.0) -> Check:
-    """A finite int or float >= ``lo``, as a float."""
+    """A finite int or float >= ``lo``, as a float. NaN and the infinities are refused (JSON
+    has none, but ``$f`` tags carry them): a field that may mean "no limit" is optional, and
+    ``null`` says so. An int too large for a float is refused too."""
+    rule = f"must be a finite number >= {lo:g}"
 
     def check(v: Any) -> float:
-        if type(v) not in (int, float) or not lo <= v < math.inf:
-            raise Bad(f"must be a finite number >= {lo:g}", v)
-        return float(v)
+        if type(v) not in (int, float):
+            raise Bad(rule, v)
+        try:
+            x = float(v)
+        except OverflowError:
+            raise Bad(rule, v) from None
+        if not (math.isfinite(x) and x >= lo):
+            raise Bad(rule, v)
+        return x
 
     return check
 
