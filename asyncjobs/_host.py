@@ -16,12 +16,15 @@ import asyncio
 import contextlib
 import fcntl
 import fnmatch
+import heapq
 import os
+import resource
 import signal
 import socket
 import sys
 import time
 import uuid
+from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from itertools import accumulate, repeat
@@ -35,7 +38,7 @@ import attrs
 
 from . import __version__
 from ._command import CommandSpec
-from ._errors import AsyncJobsError, JobStateError, NoSuchJob, ProtocolError
+from ._errors import AsyncJobsError, JobArgumentError, JobStateError, NoSuchJob, ProtocolError
 from ._hostdir import (
     ENV_IDLE,
     LOCK,
@@ -78,6 +81,18 @@ PROCESS_LIMIT: Final = 64  # commands running at once; more wait in NotStarted
 STOP_GRACE: Final = 5.0  # seconds between SIGTERM and SIGKILL when a job is stopped
 _ACTIVE: Final = ACTIVE_VALUES
 
+
+#: Requests of one connection being answered at once; past it, the connection is not read.
+MAX_IN_FLIGHT: Final = 32
+HELLO_TIMEOUT: Final = 30.0  # seconds a new connection may take to say hello
+ACCEPT_PAUSE: Final = 0.1  # seconds between tries to accept while out of descriptors
+#: Ops whose answer may be large: each takes its connection's one turn to fetch and send.
+_PAGED: Final = frozenset({"read", "take", "get"})
+#: Ends of a connection that only mean the controller went away: not worth a line in the log.
+_GONE: Final = (
+    anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError,
+    TimeoutError,
+)  # fmt: skip
 
 #: Bytes of record values in one answer: well inside the protocol's frame limit, even for
 #: bytes values (base64) and JSON's quoting.
@@ -185,6 +200,76 @@ class _HostJob:
         self.received = anyio.Event()
 
 
+def _log(message: str) -> None:
+    """A line in host.log (the host's stderr); a full disk must not make it fail."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"asyncjobs job host: {message}", file=sys.stderr, flush=True)
+
+
+def _peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every exception of a group) says only that the peer went away."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_peer_gone(e) for e in exc.exceptions)
+    return isinstance(exc, _GONE)
+
+
+def _request_id(message: Any) -> int | None:
+    """The id of a frame that looks like a request (to answer its failure), else None."""
+    if type(message) is dict and message.get("t") == "request":
+        request_id = message.get("id")
+        if type(request_id) is int and 0 < request_id < 2**63:
+            return request_id
+    return None
+
+
+@final
+class _Turn:
+    """One request's hold on its connection's lock for large answers: taken at most once,
+    given back at the end of the request (or while it long-polls)."""
+
+    __slots__ = ("_held", "_lock")
+
+    def __init__(self, lock: anyio.Lock) -> None:
+        self._lock = lock
+        self._held = False
+
+    async def acquire(self) -> None:
+        if not self._held:
+            await self._lock.acquire()
+            self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+
+@attrs.define(eq=False)
+class _Lease:
+    """Records ``take`` handed to a controller that it has not acknowledged yet: received
+    for everyone else, given back (``_give_back``) unless the controller says it handed
+    them on (``ack``)."""
+
+    job: int
+    seqs: array[int]  # of the records handed out, in order (8 bytes each, not the rows)
+    done: int = 0  # how many of them (from the first) are acknowledged
+
+    @property
+    def rest(self) -> array[int]:
+        return self.seqs[self.done :]
+
+
+@attrs.define(eq=False)
+class _Client:
+    """One controller's connection: its frames, its bounds, and the scope that ends it."""
+
+    frames: FrameStream
+    session: _Session | None = None
+    in_flight: anyio.Semaphore = attrs.field(factory=lambda: anyio.Semaphore(MAX_IN_FLIGHT))
+    pages: anyio.Lock = attrs.field(factory=anyio.Lock)
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+
+
 @attrs.define(eq=False)
 class _Session:
     name: str
@@ -192,6 +277,10 @@ class _Session:
     attached: bool = False
     buffering: Literal["block", "drop"] | None = None  # its output_buffering, once known
     changed: anyio.Event = attrs.field(factory=anyio.Event)
+    #: What its connection took and has not acknowledged, by the id of the take request.
+    leases: dict[int, _Lease] = attrs.field(factory=dict)
+    taking: set[int] = attrs.field(factory=set)  # take requests being answered
+    abandoned: set[int] = attrs.field(factory=set)  # of those, released before they took
 
     def wake(self) -> None:
         self.changed.set()
@@ -212,10 +301,13 @@ class JobHost:
         self._slots: anyio.CapacityLimiter | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._job_finished = anyio.Event()  # set (and replaced) whenever a job's done is set
+        #: Records handed out by ``take`` and given back unacknowledged, per job, in seq
+        #: order: the next ``take`` of their streams hands them out first.
+        self._returned: dict[int, list[Row]] = {}
 
     # -- lifetime ------------------------------------------------------------------------
 
-    async def serve(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+    async def serve(self, listener: anyio.abc.SocketListener) -> None:
         recovered = self.store.recover(
             "the job host died while this job ran (it was killed or the machine restarted)"
         )
@@ -231,7 +323,24 @@ class JobHost:
             self._tg = tg
             tg.start_soon(self._housekeeping, tg.cancel_scope)
             async with listener:
-                await listener.serve(self._connection, task_group=tg)
+                await self._accept(listener, tg)
+
+    async def _accept(self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
+        """Accept controllers for ever. Out of descriptors (``EMFILE``) or memory, a new
+        connection waits in the socket's backlog for a moment; the host never exits for it."""
+        complained = 0.0
+        while True:
+            try:
+                stream = await listener.accept()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            except OSError as exc:
+                if time.monotonic() - complained > 10:
+                    complained = time.monotonic()
+                    _log(f"can't accept a connection now ({exc}); trying again")
+                await anyio.sleep(ACCEPT_PAUSE)
+                continue
+            tg.start_soon(self._connection, stream)
 
     async def _housekeeping(self, scope: anyio.CancelScope) -> None:
         """Stop the jobs of sessions idle past their timeout; exit when idle long enough."""
@@ -278,49 +387,78 @@ class JobHost:
     # -- one controller ------------------------------------------------------------------
 
     async def _connection(self, stream: anyio.abc.SocketStream) -> None:
-        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        uid = peer_uid(raw)
-        if uid is not None and uid != os.getuid():
-            await stream.aclose()  # another user: the directory's 0700 should have stopped them
-            return
+        """One controller, from accept to close. Nothing it does can end the host or another
+        connection: whatever ends it is logged (unless the peer just went away) and only this
+        connection is closed."""
         self._connections += 1
-        frames = FrameStream(await _LoopStream.take(stream))
-        session: _Session | None = None
         try:
-            session = await self._greet(frames)
-            if session is None:
-                return
-            async with anyio.create_task_group() as tg:
-                while True:
-                    try:
-                        message = await frames.receive()
-                    except anyio.EndOfStream:
-                        break
-                    try:
-                        request = Request.from_wire(message)
-                    except ProtocolError as exc:  # this connection only: answer, then close
-                        with anyio.move_on_after(1):
-                            await frames.send(
-                                Response(0, False, None, error_to_wire(exc)).to_wire()
-                            )
-                        break
-                    if request.op == "disconnect":
-                        await frames.send(Response(request.id, True, None, None).to_wire())
-                        break
-                    tg.start_soon(self._answer, frames, session, request)
-                tg.cancel_scope.cancel()
-        except ProtocolError as exc:
-            with contextlib.suppress(Exception):
-                await frames.send(Response(0, False, None, error_to_wire(exc)).to_wire())
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass  # the controller went away: its session is disconnected below
+            await self._serve_client(stream)
+        except Exception as exc:  # an ExceptionGroup too: one connection's fault stays here
+            if not _peer_gone(exc):
+                _log(f"a connection failed: {exc!r}")
         finally:
             self._connections -= 1
             self._last_activity = time.monotonic()
-            if session is not None:
-                self._detach(session)
-            with contextlib.suppress(Exception):
-                await frames.aclose()
+
+    async def _serve_client(self, stream: anyio.abc.SocketStream) -> None:
+        try:
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            uid = peer_uid(raw)
+            if uid is not None and uid != os.getuid():
+                return  # another user: the directory's 0700 should have stopped them
+            frames = FrameStream(await _LoopStream.take(stream))
+        finally:
+            await stream.aclose()  # ``take`` has its own descriptor, or we are done
+        client = _Client(frames)
+        try:
+            with anyio.fail_after(HELLO_TIMEOUT):
+                client.session = await self._greet(frames)
+            if client.session is None:
+                return
+            async with anyio.create_task_group() as tg:
+                client.scope = tg.cancel_scope
+                await self._requests(client, tg)
+                tg.cancel_scope.cancel()
+        except ProtocolError as exc:  # before the hello was taken, or a frame beyond repair
+            with anyio.move_on_after(1), contextlib.suppress(Exception):
+                await frames.send(Response(0, False, None, error_to_wire(exc)).to_wire())
+        finally:
+            with anyio.CancelScope(shield=True):
+                if client.session is not None:
+                    self._detach(client.session)
+                with contextlib.suppress(Exception):
+                    await frames.aclose()
+
+    async def _requests(self, client: _Client, tg: anyio.abc.TaskGroup) -> None:
+        """Read requests and answer each in a task of its own, at most ``MAX_IN_FLIGHT`` at
+        once: past that this connection is not read (the kernel, then the client, wait)."""
+        frames, session = client.frames, client.session
+        assert session is not None
+        while True:
+            await client.in_flight.acquire()
+            try:
+                message = await frames.receive()
+            except anyio.EndOfStream:
+                return
+            try:
+                request = Request.from_wire(message)
+            except ProtocolError as exc:  # answered by its id if it has one; others go on
+                client.in_flight.release()
+                request_id = _request_id(message)
+                if request_id is None:  # not a request at all: answer, then close
+                    with anyio.move_on_after(1):
+                        await frames.send(Response(0, False, None, error_to_wire(exc)).to_wire())
+                    return
+                await frames.send(Response(request_id, False, None, error_to_wire(exc)).to_wire())
+                continue  # that request failed; the connection goes on
+            if request.op == "disconnect":
+                await frames.send(Response(request.id, True, None, None).to_wire())
+                return
+            if request.op == "ack":  # in order with the requests around it, never cancelled
+                client.in_flight.release()
+                await frames.send(self._ack_response(session, request).to_wire())
+                continue
+            tg.start_soon(self._answer, client, request)
 
     async def _greet(self, frames: FrameStream) -> _Session | None:
         """Read the hello: attach to (or create) the session it names, or refuse it."""
@@ -378,6 +516,11 @@ class JobHost:
         return f"Session{n}"
 
     def _detach(self, session: _Session) -> None:
+        """The connection of ``session`` ended: what it held unacknowledged is given back,
+        and the session (unless an observer) is disconnected."""
+        leases, session.leases = session.leases, {}
+        for lease in leases.values():
+            self._give_back(lease.job, lease.rest)
         if session.observer:
             return
         session.attached = False
@@ -388,16 +531,33 @@ class JobHost:
                 attrs.evolve(row, state="Disconnected", disconnected_at=time.time())
             )
 
-    async def _answer(self, frames: FrameStream, session: _Session, request: Request) -> None:
-        try:  # Request.from_wire validated the args and filled in every default
-            result = await getattr(self, f"_op_{request.op}")(session, **request.args)
-            response = Response.success(request.id, result)
-        except AsyncJobsError as exc:
-            response = Response(request.id, False, None, error_to_wire(exc))
-        except Exception as exc:  # a bug here must not take the host down: report it
-            info = ErrorInfo("AsyncJobsError", f"job host error: {exc!r}")
-            response = Response(request.id, False, None, info)
-        await frames.send(response.to_wire())
+    async def _answer(self, client: _Client, request: Request) -> None:
+        """Answer one request. Ops that answer with many records (``_PAGED``) take the
+        connection's one turn to fetch and send, so that a client can't make the host hold
+        more than one large answer of its in memory; a long-poll waits without it."""
+        session = client.session
+        assert session is not None
+        turn = _Turn(client.pages)
+        try:
+            handler = getattr(self, f"_op_{request.op}")
+            extra: dict[str, Any] = {"turn": turn} if request.op in _PAGED else {}
+            if request.op == "take":
+                extra["lease"] = request.id  # a lease is named by the request that took it
+            try:  # Request.from_wire validated the args and filled in every default
+                result = await handler(session, **request.args, **extra)
+                response = Response.success(request.id, result)
+            except AsyncJobsError as exc:
+                response = Response(request.id, False, None, error_to_wire(exc))
+            except Exception as exc:  # a bug here must not take the host down: report it
+                _log(f"request {request.op!r} failed: {exc!r}")
+                info = ErrorInfo("AsyncJobsError", f"job host error: {exc!r}")
+                response = Response(request.id, False, None, info)
+            await client.frames.send(response.to_wire())
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            client.scope.cancel()  # the controller is gone: so is this connection
+        finally:
+            turn.release()
+            client.in_flight.release()
 
     async def _op_ping(self, session: _Session) -> str:
         return "pong"
@@ -526,7 +686,7 @@ class JobHost:
 
     def _info(self, row: JobRow) -> JobInfo:
         finished = row.state not in _ACTIVE
-        more = not finished or row.unreceived > 0
+        more = not finished or row.unreceived > 0 or bool(self._returned.get(row.id))
         return JobInfo(
             id=row.id,
             instance_id=row.instance_id,
@@ -558,7 +718,10 @@ class JobHost:
         location: str | None = None,
         session_name: str | None = None,
         has_more_data: bool | None = None,
+        *,
+        turn: _Turn,
     ) -> list[JobInfo]:
+        await turn.acquire()
         out = []
         for row in self.store.jobs(session_name):
             if id is not None and row.id != id:
@@ -638,15 +801,16 @@ class JobHost:
         limit: int | None = None,
         wait: float | None = None,
         unreceived: bool = False,
+        *,
+        turn: _Turn,
     ) -> dict[str, Any]:
-        def fetch() -> list[WireRow]:
-            return _page(
-                self.store.read_rows(
-                    job, from_seq, streams=streams, limit=limit, unreceived_only=unreceived
-                )
+        def fetch() -> tuple[list[WireRow], int | None]:
+            rows = self.store.read_rows(
+                job, from_seq, streams=streams, limit=limit, unreceived_only=unreceived
             )
+            return _page(rows), None
 
-        return await self._reading(job, wait, fetch)
+        return await self._reading(job, wait, fetch, turn)
 
     async def _op_take(
         self,
@@ -655,43 +819,119 @@ class JobHost:
         streams: list[str] | None = None,
         limit: int | None = None,
         wait: float | None = None,
+        *,
+        turn: _Turn,
+        lease: int,
     ) -> dict[str, Any]:
         chosen = streams or list(STREAMS)
 
-        def fetch() -> list[WireRow]:
-            # Look first, cut the page to what fits in a frame, then take exactly that: a
-            # record is marked received only if it is really on its way.
-            rows = self.store.read_rows(job, 0, streams=chosen, limit=limit, unreceived_only=True)
-            page = _page(rows)
-            if page:
-                self.store.take_rows(job, chosen, limit=len(page))
-            return page
+        def fetch() -> tuple[list[WireRow], int | None]:
+            if lease in session.abandoned:  # its caller gave up already: take nothing
+                return [], None
+            return self._take(session, job, chosen, limit, lease)
 
-        batch = await self._reading(job, wait, fetch)
+        session.taking.add(lease)
+        try:
+            batch = await self._reading(job, wait, fetch, turn)
+        finally:
+            session.taking.discard(lease)
+            session.abandoned.discard(lease)
         host_job = self._jobs.get(job)
         if host_job is not None:
             host_job.wake_producer()
         return batch
 
+    def _take(
+        self, session: _Session, job_id: int, chosen: list[str], limit: int | None, lease: int
+    ) -> tuple[list[WireRow], int | None]:
+        """Receive-once: the next unreceived records of ``chosen`` (given-back ones first,
+        all in seq order), cut to what fits in a frame, handed out as a lease of
+        ``session``'s: received for everyone else from now on, and given back if the
+        controller does not acknowledge them (``ack``) before its connection ends."""
+        back = [r for r in self._returned.get(job_id, ()) if r[1] in chosen]
+        if limit is not None:
+            del back[limit:]
+        fresh = self.store.read_rows(job_id, 0, streams=chosen, limit=limit, unreceived_only=True)
+        rows = list(heapq.merge(back, fresh)) if back else fresh
+        if limit is not None:
+            del rows[limit:]
+        page = _page(rows)
+        if not page:
+            return page, None
+        taken = rows[: len(page)]
+        if back:
+            given = {r[0] for r in back}
+            again = {r[0] for r in taken if r[0] in given}
+            self._returned[job_id] = [r for r in self._returned[job_id] if r[0] not in again]
+            if not self._returned[job_id]:
+                del self._returned[job_id]
+            n_fresh = len(taken) - len(again)
+        else:
+            n_fresh = len(taken)
+        if n_fresh:  # exactly the first n_fresh unreceived records: those in ``taken``
+            self.store.take_rows(job_id, chosen, limit=n_fresh)
+        session.leases[lease] = _Lease(job_id, array("q", map(itemgetter(0), taken)))
+        return page, lease
+
+    def _give_back(self, job_id: int, seqs: array[int]) -> None:
+        """Unacknowledged records become unreceived again, for the next ``take``."""
+        if not seqs or self.store.job(job_id) is None:  # none, or the job is removed
+            return
+        wanted = set(seqs)
+        span = self.store.read_rows(job_id, seqs[0], limit=seqs[-1] - seqs[0] + 1)
+        rows = [r for r in span if r[0] in wanted]
+        self._returned[job_id] = list(heapq.merge(self._returned.get(job_id, []), rows))
+        host_job = self._jobs.get(job_id)
+        if host_job is not None:
+            host_job.wake_readers()
+
+    def _ack_response(self, session: _Session, request: Request) -> Response:
+        """``ack``: the first ``count`` records of lease ``lease`` were handed to the caller
+        (received for good); with ``release``, the rest are given back and the lease ends."""
+        lease_id, count, release = (request.args[k] for k in ("lease", "count", "release"))
+        lease = session.leases.get(lease_id)
+        if lease is None and release and lease_id in session.taking:  # before it took
+            session.abandoned.add(lease_id)
+            return Response.success(request.id, None)
+        if lease is None:
+            error = JobArgumentError(
+                f"ack: no unacknowledged batch {lease_id} on this connection (acknowledged "
+                "already, or given back when an earlier connection ended)"
+            )
+            return Response(request.id, False, None, error_to_wire(error))
+        lease.done = max(lease.done, min(count, len(lease.seqs)))
+        if release or lease.done == len(lease.seqs):
+            del session.leases[lease_id]
+            self._give_back(lease.job, lease.rest)
+        return Response.success(request.id, None)
+
     async def _reading(
         self,
         job_id: int,
         wait: float | None,
-        fetch: Callable[[], list[WireRow]],
+        fetch: Callable[[], tuple[list[WireRow], int | None]],
+        turn: _Turn,
     ) -> dict[str, Any]:
-        """Fetch records; if none and ``wait`` > 0 while the job runs, long-poll for more."""
+        """Fetch records in the connection's turn; if none and ``wait`` > 0 while the job
+        runs, long-poll for more (out of turn). The turn is kept until the answer is sent."""
+        await turn.acquire()
         self._row(job_id)
-        records = fetch()
+        records, lease = fetch()
         host_job = self._jobs.get(job_id)
         if not records and wait and host_job is not None and not host_job.done.is_set():
+            turn.release()
             with anyio.move_on_after(wait):
                 await host_job.appended.wait()
-            records = fetch()
+            await turn.acquire()
+            records, lease = fetch()
         row = self._row(job_id)
         next_seq = records[-1][0] + 1 if records else row.next_seq
         # A Batch on the wire, its rows encoded already (a Batch object would encode them).
         info = self._info(row).to_wire()
-        return {"records": encoded_rows(records), "next_seq": next_seq, "job": info}
+        batch = {"records": encoded_rows(records), "next_seq": next_seq, "job": info}
+        if lease is not None:
+            batch["lease"] = lease
+        return batch
 
     async def _op_stop(self, session: _Session, job: int) -> JobInfo:
         row = self._row(job)
@@ -710,6 +950,7 @@ class JobHost:
                 )
             await self._op_stop(session, job)
         self._jobs.pop(job, None)
+        self._returned.pop(job, None)
         self.store.delete_job(job)
 
     async def _op_sessions(self, session: _Session) -> list[SessionInfo]:
@@ -746,12 +987,16 @@ class _LoopStream(anyio.abc.ByteStream):
 
     @classmethod
     async def take(cls, stream: anyio.abc.SocketStream) -> _LoopStream:
-        """The connection of ``stream`` (which is closed) on a transport of its own."""
+        """The connection of ``stream`` on a descriptor and transport of its own (the caller
+        closes ``stream``). Out of descriptors, ``OSError`` (the connection is refused)."""
         raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
         sock = socket.socket(raw.family, raw.type, fileno=os.dup(raw.fileno()))
-        await stream.aclose()
-        sock.setblocking(False)
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        try:
+            sock.setblocking(False)
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         return cls(reader, writer)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
@@ -844,6 +1089,17 @@ async def _run(directory: Path, idle_exit: float) -> None:
         host.store.close()
 
 
+def _raise_descriptor_limit() -> None:
+    """Raise the soft limit of open files to the hard one, as clush does: every controller
+    and every job's pipes hold descriptors, and 1024 is soon reached."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     directory = ensure_private_dir(host_dir())
@@ -858,6 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)  # stderr stays on the log file the spawner opened
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _raise_descriptor_limit()
     with _exclusive(directory) as mine:
         if not mine:
             return 0  # another job host serves this directory

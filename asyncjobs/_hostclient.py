@@ -10,11 +10,13 @@ each other's output, and a controller that reconnects goes on from the last seq 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, final
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar, final
 
 import anyio
 import anyio.abc
@@ -34,10 +36,10 @@ from ._hostdir import connect_socket, host_dir
 from ._models import STREAMS, Record, StreamName
 from ._protocol import (
     PROTOCOL_VERSION,
-    Batch,
     FrameStream,
     Hello,
     JobInfo,
+    Page,
     Request,
     Response,
     SessionInfo,
@@ -123,6 +125,20 @@ def _input(value: object) -> bytes | None:
     return data
 
 
+@attrs.define(eq=False)
+class _Lease:
+    """A batch ``take`` handed us: how many of its records went to the caller, and how many
+    of those the host knows of (``ack``)."""
+
+    handed: int = 0
+    acked: int = 0
+    release: bool = False  # nobody hands any more of it out: give the rest back
+    last: float = attrs.field(factory=time.monotonic)  # when we last acknowledged
+
+    def due(self) -> bool:
+        return self.handed - self.acked >= ACK_EVERY or time.monotonic() - self.last >= ACK_AFTER
+
+
 @final
 class HostConnection:
     """Requests and responses over one frame stream, with no task of its own: whichever caller
@@ -137,6 +153,7 @@ class HostConnection:
         self._reading = False
         self._read_one = anyio.Event()
         self._broken: BaseException | None = None
+        self._leases: dict[int, _Lease] = {}  # receive-once batches not acknowledged in full
 
     async def request(self, op: str, **args: Any) -> Any:
         """Call ``op`` on the host; its result made into objects (``parse_result``)."""
@@ -146,15 +163,68 @@ class HostConnection:
     async def connection(self) -> HostConnection:
         return self
 
+    # -- acknowledged receive-once ---------------------------------------------------------
+
+    def hold(self, lease: int) -> _Lease:
+        """Track a batch ``take`` handed us; its records count as received only once ``ack``
+        tells the host they went to the caller."""
+        return self._leases.setdefault(lease, _Lease())
+
+    async def take(self, **args: Any) -> Page:
+        """One ``take``: a page whose records are ours until acknowledged. A lease is named
+        by the request that took it, so a take whose caller gave up (cancelled) before its
+        answer came is given back whole with the next request, in order."""
+        request = await self.send("take", **args)
+        try:
+            page = parse_page(await self.result(request))
+        except BaseException:
+            self.hold(request).release = True  # if it took anything, it goes back
+            raise
+        if page.lease is not None:
+            self.hold(page.lease)
+        return page
+
+    async def ack(self, lease: int, *, release: bool = False) -> None:
+        """Tell the host how many of ``lease``'s records were handed on; with ``release``
+        the rest go back to the host for the next receiver and the lease ends here. The
+        host answers acks in order with the requests around them: no need to wait."""
+        held = self._leases.get(lease)
+        if held is None:
+            return
+        held.release = held.release or release
+        if held.release:
+            del self._leases[lease]
+        held.acked, held.last = held.handed, time.monotonic()
+        if self._broken is None:
+            request_id = await self._send_request("ack", lease=lease, count=held.handed,
+                                                  release=held.release)  # fmt: skip
+            self.forget(request_id)
+
+    async def settle(self, *, release: bool = False) -> None:
+        """Acknowledge what every lease handed on (and, with ``release``, give back the rest
+        of all of them): before any other request, and before leaving the connection."""
+        for lease, held in list(self._leases.items()):
+            if release or held.release or held.handed > held.acked:
+                await self.ack(lease, release=release)
+
     async def send(self, op: str, **args: Any) -> int:
         """Send a request; ``result(id)`` waits for its answer (a reader of many pages asks
-        for the next one before it decodes the last). Returns the request's id."""
+        for the next one before it decodes the last). Returns the request's id. Records
+        handed on but not acknowledged yet are acknowledged first."""
+        if self._leases:
+            await self.settle()
+        return await self._send_request(op, **args)
+
+    async def _send_request(self, op: str, **args: Any) -> int:
         self._check()
         request_id = self._next_id
         self._next_id += 1
         self._answers[request_id] = None
         try:
-            await self._frames.send(Request(request_id, op, args).to_wire())
+            # Whole or not at all: a frame cut short by a cancellation would end the
+            # connection (``FrameStream``), and a request frame is small.
+            with anyio.CancelScope(shield=True):
+                await self._frames.send(Request(request_id, op, args).to_wire())
         except BaseException as exc:
             self._answers.pop(request_id, None)
             if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError | OSError):
@@ -211,6 +281,15 @@ class HostConnection:
         await self._frames.aclose()
 
 
+#: A stream acknowledges what it handed on after this many records or seconds, so that a
+#: controller that is killed leaves at most that much to be delivered again.
+ACK_EVERY: Final = 1000
+ACK_AFTER: Final = 0.05
+#: What a lost connection raises: an acknowledgement that can't be sent is given up (the
+#: host gives the lease back when it sees the connection end).
+_LOST: Final = (ConnectionFailed, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
 class Requester(Protocol):
     """Something that calls an op on a job host: a ``HostConnection``, or the lazy bridge of
     an SSH session."""
@@ -220,6 +299,76 @@ class Requester(Protocol):
     async def connection(self) -> HostConnection:
         """The connection itself, for pipelined requests (``send``, then ``result``)."""
         ...
+
+
+T = TypeVar("T")
+
+
+@final
+class HostStream(Generic[T]):
+    """``session.jobs.stream()``: an async iterator over a job's records on the host, each
+    acknowledged once it is handed to the caller (``stream_records`` says the rules). An
+    object, not a generator: leaving a loop early needs no finalizer to give the rest back
+    (the next request does), and trio does not warn about one collected half-way."""
+
+    def __init__(self, requester: Requester, job: int, streams: list[str], values: bool) -> None:
+        self._requester = requester
+        self._job = job
+        self._streams = streams
+        self._values = values
+        self._c: HostConnection | None = None
+        self._page: list[Record] = []
+        self._next = 0
+        self._lease: int | None = None
+        self._held: _Lease | None = None
+        self._finished = False
+
+    def __aiter__(self) -> HostStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while True:
+            held = self._held
+            if self._next < len(self._page):
+                assert self._c is not None
+                if held is not None:
+                    if held.due():  # what was handed before this record
+                        await self._c.ack(self._lease)  # type: ignore[arg-type]
+                    held.handed += 1  # the caller's from here on: nothing awaits below
+                record = self._page[self._next]
+                self._next += 1
+                return record.value if self._values else record  # type: ignore[return-value]
+            await self._end_page()
+            if self._finished:
+                raise StopAsyncIteration
+            if self._c is None:
+                self._c = await self._requester.connection()
+            page = await self._c.take(job=self._job, streams=self._streams, limit=_PAGE, wait=30.0)
+            self._page, self._next = page.records, 0
+            if page.lease is not None:
+                self._lease, self._held = page.lease, self._c.hold(page.lease)
+            if not self._page and page.job.state.is_finished:
+                self._finished = True
+
+    async def _end_page(self) -> None:
+        """Acknowledge what was handed of the page; give the rest back."""
+        lease, self._lease, self._held = self._lease, None, None
+        self._page, self._next = [], 0
+        if lease is not None and self._c is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(*_LOST):
+                with anyio.move_on_after(5):
+                    await self._c.ack(lease, release=True)
+
+    async def aclose(self) -> None:
+        """Stop here: what was not handed on goes back to the host now."""
+        self._finished = True
+        await self._end_page()
+
+    def __del__(self) -> None:
+        # Left half-way (a ``break``): the connection gives the rest back with its next
+        # request, or when it ends. Plain bookkeeping: nothing may be awaited here.
+        if self._held is not None:
+            self._held.release = True
 
 
 @final
@@ -327,54 +476,62 @@ class HostJobs:
         self, job: JobRef, *, keep: bool = False, streams: Iterable[StreamName] | None = None
     ) -> list[Record]:
         """The records not yet received, in the order produced (receive-once, global to the
-        host as in PowerShell; ``keep=True`` leaves them for the next receiver)."""
+        host as in PowerShell; ``keep=True`` leaves them for the next receiver). They count
+        as received when this returns them: cancelled or failed midway, it gives them back."""
         chosen = _streams(streams) or list(STREAMS)
         if keep:  # nothing is consumed: pages can be asked for ahead
             args = {"job": _job_id(job), "streams": chosen, "unreceived": True}
             return await self._pages(args, 0, None)
+        c = await self._c.connection()
         records: list[Record] = []
-        seq = 0
+        leases: list[tuple[int, int]] = []  # (lease, its count)
         end: int | None = None
-        while True:
-            batch: Batch = await self._c.request(
-                "take", job=_job_id(job), streams=chosen, limit=_PAGE
-            )
-            got = batch.to_records(batch.job.location)
-            records.extend(got)
-            end = batch.job.next_seq if end is None else end
-            seq = batch.next_seq
-            # Done at an empty page (pages may be cut short to fit a frame) or once past what
-            # existed at the first answer: "produced so far", even while the job produces.
-            if not got or seq >= end:
-                return records
+        try:
+            while True:
+                batch = await c.take(job=_job_id(job), streams=chosen, limit=_PAGE)
+                got = batch.records
+                if batch.lease is not None:
+                    leases.append((batch.lease, len(got)))
+                records.extend(got)
+                end = batch.job.next_seq if end is None else end
+                # Done at an empty page (pages may be cut short to fit a frame) or once past
+                # what existed at the first answer: "produced so far", even while it produces.
+                if not got or batch.next_seq >= end:
+                    break
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                for lease, _ in leases:  # nobody got them: they go back
+                    with contextlib.suppress(*_LOST):
+                        await c.ack(lease, release=True)
+            raise
+        for lease, count in leases:  # handed over now
+            c.hold(lease).handed = count
+            with contextlib.suppress(*_LOST):
+                await c.ack(lease, release=True)
+        return records
 
     async def receive(self, job: JobRef, *, keep: bool = False) -> list[Any]:
         """Receive-Job: the output items not yet received."""
         return [r.value for r in await self.receive_records(job, keep=keep, streams=("output",))]
 
-    async def stream_records(
+    def stream_records(
         self, job: JobRef, *, streams: Iterable[StreamName] | None = ("output",)
-    ) -> AsyncIterator[Record]:
+    ) -> HostStream[Record]:
         """Receive-Job -Wait: records as the host stores them, until the job is finished and
-        drained (receive-once, a page at a time, long-polling while the job runs)."""
-        chosen = _streams(streams) or list(STREAMS)
-        job_id = _job_id(job)
-        while True:
-            batch: Batch = await self._c.request(
-                "take", job=job_id, streams=chosen, limit=_PAGE, wait=30.0
-            )
-            got = batch.to_records(batch.job.location)
-            for record in got:
-                yield record
-            if not got and batch.job.state.is_finished:
-                return
+        drained (receive-once, a page at a time, long-polling while the job runs).
 
-    async def stream(
+        A record counts as received once it is handed to your loop: breaking out, being
+        cancelled or failing gives the rest back to the host (with this connection's next
+        request, or when it ends; ``aclose()`` gives it back at once). Acknowledgements go
+        to the host every ``ACK_EVERY`` records or ``ACK_AFTER`` seconds, so a controller
+        that is killed leaves at most its last unacknowledged records to be delivered again."""
+        return HostStream(self._c, _job_id(job), _streams(streams) or list(STREAMS), False)
+
+    def stream(
         self, job: JobRef, *, streams: Iterable[StreamName] | None = ("output",)
-    ) -> AsyncIterator[Any]:
+    ) -> HostStream[Any]:
         """Like ``stream_records`` but yields the values."""
-        async for record in self.stream_records(job, streams=streams):
-            yield record.value
+        return HostStream(self._c, _job_id(job), _streams(streams) or list(STREAMS), True)
 
     async def stop(self, job: JobRef) -> HostJobInfo:
         """Stop-Job on the host; returns the job once it is finished."""
@@ -429,6 +586,7 @@ class HostSession:
         with anyio.CancelScope(shield=True):
             try:
                 with anyio.move_on_after(5):
+                    await self._c.settle(release=True)  # nothing held is lost or repeated
                     await self._c.request("disconnect")
             except AsyncJobsError:
                 pass

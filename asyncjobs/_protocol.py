@@ -172,6 +172,15 @@ ARGS: Final[Mapping[str, Spec]] = {
         "limit": (_LIMIT, None),
         "wait": (_SECONDS, None),
     },
+    # Receive-once is acknowledged: ``take`` hands out a lease; ``ack`` says how many of its
+    # records (from its first) were handed to the caller, and with ``release`` gives the rest
+    # back. A lease not released when its connection ends is given back whole but for what
+    # was acknowledged. Answered in order with the requests around it.
+    "ack": {
+        "lease": (integer(1, _MAX_ID), REQUIRED),
+        "count": (integer(0), REQUIRED),
+        "release": (boolean, False),
+    },
     "stop": {"job": (_JOB, REQUIRED)},
     "remove": {"job": (_JOB, REQUIRED), "force": (boolean, False)},  # force: stop it first
     "sessions": {},
@@ -482,10 +491,12 @@ class Batch(_Shape):
         "records": (record_rows, REQUIRED),
         "next_seq": (integer(0), REQUIRED),
         "job": (JobInfo.from_wire, REQUIRED),
+        "lease": (optional(integer(1, _MAX_ID)), None),  # ``take``'s: acknowledge it
     }
     records: Sequence[RecordLike]
     next_seq: int
     job: JobInfo
+    lease: int | None = None
 
     def to_records(self, location: str) -> list[Record]:
         """The records as the public API hands them out."""
@@ -504,12 +515,14 @@ class Page:
     records: list[Record]
     next_seq: int
     job: JobInfo
+    lease: int | None = None
 
 
 _PAGE_SPEC: Final[Spec] = {
     "records": (anything, REQUIRED),  # checked by raw_records, once the job is known
     "next_seq": (integer(0), REQUIRED),
     "job": (lambda v: JobInfo.from_wire(decode_value(v)), REQUIRED),
+    "lease": (optional(integer(1, _MAX_ID)), None),
 }
 
 
@@ -518,7 +531,7 @@ def parse_page(raw: Any) -> Page:
     fields = read_fields("Batch", raw, _PAGE_SPEC)
     job: JobInfo = fields["job"]
     records = raw_records(fields["records"], job.id, job.location)
-    return Page(records=records, next_seq=fields["next_seq"], job=job)
+    return Page(records=records, next_seq=fields["next_seq"], job=job, lease=fields["lease"])
 
 
 def peek_page(raw: Any) -> tuple[int, int, int]:
@@ -573,6 +586,7 @@ RESULTS: Final[Mapping[str, Callable[[Any], Any]]] = {
     "wait": _many(JobInfo.from_wire),  # the jobs finished when it returned
     "read": Batch.from_wire,
     "take": Batch.from_wire,
+    "ack": _none,
     "stop": JobInfo.from_wire,  # the job, finished
     "remove": _none,
     "sessions": _many(SessionInfo.from_wire),

@@ -37,7 +37,7 @@ from ._errors import AsyncJobsError, ProtocolError
 from ._models import STREAMS, Record, StreamName
 
 #: The protocol version this asyncjobs speaks; ``check_version`` compares the peer's.
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2  # 2: receive-once is acknowledged (take leases, ack)
 #: The largest frame body a connection accepts or sends, unless told otherwise.
 MAX_FRAME: Final = 16 * 1024 * 1024
 #: The length prefix of a frame.

@@ -27,6 +27,7 @@ from asyncjobs import (
 )
 from asyncjobs._hostclient import connect_local, get_local_sessions
 from asyncjobs._hostrun import LinePacker, unpack_value
+from asyncjobs._protocol import PROTOCOL_VERSION
 from asyncjobs._lines import MAX_LINE, LineSplitter
 from tests.conftest import eventually, host_pid, pid_alive, python
 
@@ -186,12 +187,13 @@ async def test_bad_frames_close_that_connection_only(hostdir: Path) -> None:
                     "output_buffering": None,
                 }
             ),
-            _frame({"t": "hello", "version": 1, "client": 5}),
+            _frame({"t": "hello", "version": PROTOCOL_VERSION, "client": 5}),
         ]
         replies = [await anyio.to_thread.run_sync(_send_raw, hostdir, f) for f in frames]
         assert "ProtocolError" in replies[0] and "JSON" in replies[0]
         assert "ProtocolError" in replies[1] and "exceeds the limit" in replies[1]
-        assert "version mismatch" in replies[3] and "99" in replies[3] and "1" in replies[3]
+        mine = str(PROTOCOL_VERSION)
+        assert "version mismatch" in replies[3] and "99" in replies[3] and mine in replies[3]
         assert "client" in replies[4]
         await s.jobs.wait(job, timeout=30)
         assert await s.jobs.receive(job) == ["still here"]  # the host and its jobs went on
@@ -466,7 +468,7 @@ async def test_the_host_closes_the_connection_after_disconnect(hostdir: Path) ->
     async with connect_local(name="first"):
         pass
     hello = {
-        "t": "hello", "version": 1, "client": "raw", "session": "raw", "create": True,
+        "t": "hello", "version": PROTOCOL_VERSION, "client": "raw", "session": "raw", "create": True,
         "idle_timeout": None, "output_buffering": None,
     }  # fmt: skip
     request = {"t": "request", "id": 1, "op": "disconnect", "args": {}}

@@ -69,7 +69,7 @@ def frame(body: bytes) -> bytes:
 
 
 def test_constants() -> None:
-    assert PROTOCOL_VERSION == 1
+    assert PROTOCOL_VERSION == 2
     assert MAX_FRAME == 16 * 1024 * 1024
     assert HEADER.size == 4
 
@@ -363,6 +363,7 @@ def test_requests_of_every_op_round_trip_with_defaults_filled() -> None:
         "wait": {"jobs": [1, 2]},
         "read": {"job": 1},
         "take": {"job": 1},
+        "ack": {"lease": 1, "count": 0},
         "stop": {"job": 1},
         "remove": {"job": 1},
     }
@@ -554,26 +555,26 @@ def test_numbers_are_normalized() -> None:
 def test_version_mismatch_names_both_versions() -> None:
     with pytest.raises(
         ProtocolError,
-        match="protocol version mismatch: controller speaks 2, job host speaks 1; "
+        match="protocol version mismatch: controller speaks 3, job host speaks 2; "
         "upgrade asyncjobs on the job host",
     ):
-        check_version(2, "controller")
+        check_version(3, "controller")
     with pytest.raises(
         ProtocolError,
-        match="job host speaks 0, controller speaks 1; upgrade asyncjobs on the job host",
+        match="job host speaks 0, controller speaks 2; upgrade asyncjobs on the job host",
     ):
         check_version(0, "job host")
     check_version(PROTOCOL_VERSION, "controller")
 
 
 def test_a_newer_hello_is_a_version_mismatch_not_a_field_error() -> None:
-    newer = {"t": "hello", "version": 2, "client": "c", "features": ["x"]}  # other fields
-    with pytest.raises(ProtocolError, match="controller speaks 2, job host speaks 1"):
+    newer = {"t": "hello", "version": 3, "client": "c", "features": ["x"]}  # other fields
+    with pytest.raises(ProtocolError, match="controller speaks 3, job host speaks 2"):
         Hello.from_wire(newer)
-    with pytest.raises(ProtocolError, match="controller speaks 2, job host speaks 1"):
+    with pytest.raises(ProtocolError, match="controller speaks 3, job host speaks 2"):
         decode_message(newer)
     older = {"t": "welcome", "version": 0}
-    with pytest.raises(ProtocolError, match="job host speaks 0, controller speaks 1"):
+    with pytest.raises(ProtocolError, match="job host speaks 0, controller speaks 2"):
         Welcome.from_wire(older)
 
 
