@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import fnmatch
 import heapq
@@ -88,6 +89,7 @@ HELLO_TIMEOUT: Final = 30.0  # seconds a new connection may take to say hello
 ACCEPT_PAUSE: Final = 0.1  # seconds between tries to accept while out of descriptors
 #: Ops whose answer may be large: each takes its connection's one turn to fetch and send.
 _PAGED: Final = frozenset({"read", "take", "get"})
+_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Ends of a connection that only mean the controller went away: not worth a line in the log.
 _GONE: Final = (
     anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError,
@@ -304,6 +306,7 @@ class JobHost:
         #: Records handed out by ``take`` and given back unacknowledged, per job, in seq
         #: order: the next ``take`` of their streams hands them out first.
         self._returned: dict[int, list[Row]] = {}
+        self._complained = 0.0  # when running out of descriptors was last logged
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -328,16 +331,13 @@ class JobHost:
     async def _accept(self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
         """Accept controllers for ever. Out of descriptors (``EMFILE``) or memory, a new
         connection waits in the socket's backlog for a moment; the host never exits for it."""
-        complained = 0.0
         while True:
             try:
                 stream = await listener.accept()
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            except anyio.ClosedResourceError:
                 return
-            except OSError as exc:
-                if time.monotonic() - complained > 10:
-                    complained = time.monotonic()
-                    _log(f"can't accept a connection now ({exc}); trying again")
+            except (OSError, anyio.BrokenResourceError) as exc:  # anyio wraps accept's OSError
+                self._complain(f"can't accept a connection now ({exc.__cause__ or exc})")
                 await anyio.sleep(ACCEPT_PAUSE)
                 continue
             tg.start_soon(self._connection, stream)
@@ -394,11 +394,20 @@ class JobHost:
         try:
             await self._serve_client(stream)
         except Exception as exc:  # an ExceptionGroup too: one connection's fault stays here
-            if not _peer_gone(exc):
+            if isinstance(exc, OSError) and exc.errno in _EXHAUSTED:
+                self._complain(f"a connection was refused ({exc})")
+            elif not _peer_gone(exc):
                 _log(f"a connection failed: {exc!r}")
         finally:
             self._connections -= 1
             self._last_activity = time.monotonic()
+
+    def _complain(self, what: str) -> None:
+        """Log running out of descriptors or memory: once in a while, not per connection."""
+        now = time.monotonic()
+        if now - self._complained > 10:
+            self._complained = now
+            _log(f"{what}; out of descriptors or memory: new connections wait a moment")
 
     async def _serve_client(self, stream: anyio.abc.SocketStream) -> None:
         try:
@@ -495,8 +504,12 @@ class JobHost:
             return None
         session.attached = True
         session.wake()
-        self.store.put_session(attrs.evolve(row, state="Opened", disconnected_at=None))
-        await frames.send(self._welcome(name).to_wire())
+        try:
+            self.store.put_session(attrs.evolve(row, state="Opened", disconnected_at=None))
+            await frames.send(self._welcome(name).to_wire())
+        except BaseException:  # the controller left before it heard the welcome
+            self._detach(session)
+            raise
         return session
 
     def _welcome(self, name: str) -> Welcome:
