@@ -68,8 +68,8 @@ from ._protocol import (
     error_to_wire,
 )
 from ._runner import run_in_slot
-from ._state import ACTIVE_VALUES, JobState
-from ._store import JobRow, Piece, Row, SessionRow, Store
+from ._state import ACTIVE_VALUES, Event, JobState
+from ._store import JobRow, Piece, Row, SessionRow, Store, StoreError
 from ._wire import STREAM_CODES
 
 #: Unreceived records a job of a disconnected session may hold before ``output_buffering``
@@ -146,6 +146,7 @@ class _HostJob:
     appended: anyio.Event = attrs.field(factory=anyio.Event)  # set (and replaced) per flush
     received: anyio.Event = attrs.field(factory=anyio.Event)  # set (and replaced) per take
     done: anyio.Event = attrs.field(factory=anyio.Event)  # final state is in the store
+    blocked: bool = False  # held by output_buffering="block" (its state is Blocked)
 
     # -- the Sink of run_host_command ----------------------------------------------------
 
@@ -166,13 +167,19 @@ class _HostJob:
 
     async def room(self) -> None:
         """Wait while ``output_buffering="block"`` holds the job (reconnects and receives
-        wake it; it looks again every half second anyway)."""
-        while self.host._buffering(self) == "block":
-            self.flush()
-            if not self.pending and not self.host._held(self):
-                return
-            with anyio.move_on_after(0.5):
-                await self.received.wait()
+        wake it; it looks again every half second anyway). Meanwhile the job is ``Blocked``,
+        and its reason says why and what lets it go on."""
+        try:
+            while self.host._buffering(self) == "block":
+                self.flush()
+                if not self.pending and not self.host._held(self):
+                    return
+                self.host._set_blocked(self, True)
+                with anyio.move_on_after(0.5):
+                    await self.received.wait()
+        finally:
+            if self.blocked:
+                self.host._set_blocked(self, False)
 
     def take_pending(self, limit: int | None) -> list[Piece]:
         """The first ``limit`` (all if None) pending records' pieces, no longer pending."""
@@ -200,6 +207,14 @@ class _HostJob:
     def wake_producer(self) -> None:
         self.received.set()
         self.received = anyio.Event()
+
+
+def _held_by(output_buffering: str) -> Literal["block", "drop"] | None:
+    """A session's ``output_buffering`` as the host applies it while the session is
+    disconnected: ``"spill"`` (the default) keeps everything, so None."""
+    if output_buffering == "block":
+        return "block"
+    return "drop" if output_buffering == "drop" else None
 
 
 def _log(message: str) -> None:
@@ -277,7 +292,7 @@ class _Session:
     name: str
     observer: bool = False  # a connection that only looks (sessions, get): no session
     attached: bool = False
-    buffering: Literal["block", "drop"] | None = None  # its output_buffering, once known
+    buffering: Literal["block", "drop"] | None = None  # its output_buffering; None: keep all
     changed: anyio.Event = attrs.field(factory=anyio.Event)
     #: What its connection took and has not acknowledged, by the id of the take request.
     leases: dict[int, _Lease] = attrs.field(factory=dict)
@@ -491,12 +506,14 @@ class JobHost:
                 name=name,
                 state="Opened",
                 idle_timeout=hello.idle_timeout or DEFAULT_IDLE_TIMEOUT,
-                output_buffering=hello.output_buffering or "block",
+                # Unless asked to block or drop, a job keeps all its output: the store is
+                # the spill (disk, not memory), and a detached job must never stall.
+                output_buffering=hello.output_buffering or "spill",
                 created_at=time.time(),
                 disconnected_at=None,
             )
         session = self._sessions.setdefault(name, _Session(name))
-        session.buffering = "drop" if row.output_buffering == "drop" else "block"
+        session.buffering = _held_by(row.output_buffering)
         if session.attached:
             await self._refuse(
                 frames, f"session {name!r} is in use by another connection; disconnect it first"
@@ -680,10 +697,28 @@ class JobHost:
         session = self._sessions.get(job.session)
         if session is not None and session.attached:
             return None
-        if session is not None and session.buffering is not None:
+        if session is not None:
             return session.buffering
         row = self.store.session(job.session)
-        return row.output_buffering if row is not None else None
+        return _held_by(row.output_buffering) if row is not None else None
+
+    def _set_blocked(self, job: _HostJob, blocked: bool) -> None:
+        """Show a job held by ``output_buffering="block"`` as ``Blocked``, with why, in the
+        job table and the store; and as ``Running`` again once it may go on."""
+        local = job.local
+        if blocked == job.blocked or local.state not in (JobState.RUNNING, JobState.BLOCKED):
+            return
+        job.blocked = blocked
+        local._apply(Event.BLOCK if blocked else Event.UNBLOCK)
+        reason = None
+        if blocked:
+            reason = (
+                f"held by output_buffering='block': {DISCONNECTED_BOUND:,} records are not "
+                f"received while session {job.session!r} is disconnected; receive them "
+                f"(asyncjobs receive {job.row_id}) or reconnect to let it go on"
+            )
+        with contextlib.suppress(StoreError):  # a full disk: the job's own write says so
+            self.store.set_job(job.row_id, state=local.state.value, reason=reason)
 
     def _held(self, job: _HostJob) -> bool:
         return (

@@ -119,7 +119,7 @@ class SessionRow:
     name: str
     state: str = attrs.field(validator=attrs.validators.in_(("Opened", "Disconnected", "Closed")))
     idle_timeout: float
-    output_buffering: str = attrs.field(validator=attrs.validators.in_(("block", "drop")))
+    output_buffering: str = attrs.field(validator=attrs.validators.in_(("spill", "block", "drop")))
     created_at: float
     disconnected_at: float | None = None
 

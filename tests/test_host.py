@@ -27,8 +27,8 @@ from asyncjobs import (
 )
 from asyncjobs._hostclient import connect_local, get_local_sessions
 from asyncjobs._hostrun import LinePacker, unpack_value
-from asyncjobs._protocol import PROTOCOL_VERSION
 from asyncjobs._lines import MAX_LINE, LineSplitter
+from asyncjobs._protocol import PROTOCOL_VERSION
 from tests.conftest import eventually, host_pid, pid_alive, python
 
 pytestmark = pytest.mark.anyio
@@ -279,16 +279,21 @@ async def test_block_buffering_holds_the_producer_while_disconnected(hostdir: Pa
         with anyio.fail_after(20):
             while (await w.jobs.job(job.id)).next_seq < bound:
                 await anyio.sleep(0.05)
-        await anyio.sleep(0.5)
-        info = await w.jobs.job(job.id)
-        assert info.state is JobState.RUNNING
+        with anyio.fail_after(10):  # held: Blocked, and it says why and what to do
+            while (info := await w.jobs.job(job.id)).state is not JobState.BLOCKED:
+                await anyio.sleep(0.05)
+        assert info.reason is not None and "output_buffering='block'" in info.reason
+        assert f"receive {job.id}" in info.reason and "'held'" in info.reason
         assert bound <= info.next_seq < bound + 8192  # held near the bound, not growing
+        assert [j.state for j in await w.jobs.get(state="Blocked")] == [JobState.BLOCKED]
     async with connect_local(name="held", create=False) as s:
         got = await s.jobs.receive(job.id)
         assert len(got) >= bound and set(got) == {"y"}
         with anyio.fail_after(20):  # receiving made room: the producer goes on
             while (await s.jobs.job(job.id)).next_seq < bound + 8192 + 1:
                 await anyio.sleep(0.05)
+        info = await s.jobs.job(job.id)
+        assert info.state is JobState.RUNNING and info.reason is None
         await s.jobs.stop(job.id)
 
 
@@ -468,8 +473,8 @@ async def test_the_host_closes_the_connection_after_disconnect(hostdir: Path) ->
     async with connect_local(name="first"):
         pass
     hello = {
-        "t": "hello", "version": PROTOCOL_VERSION, "client": "raw", "session": "raw", "create": True,
-        "idle_timeout": None, "output_buffering": None,
+        "t": "hello", "version": PROTOCOL_VERSION, "client": "raw", "session": "raw",
+        "create": True, "idle_timeout": None, "output_buffering": None,
     }  # fmt: skip
     request = {"t": "request", "id": 1, "op": "disconnect", "args": {}}
     with socket.socket(socket.AF_UNIX) as sock:
