@@ -133,7 +133,7 @@ class World:
             took = anyio.run(self._served, records)
         except Exception as exc:
             raise AssertionError(
-                self.fail(f"a well-behaved client was not served ({exc!r})", steps)
+                self.fail(f"a well-behaved client was not served, or found ({exc!r})", steps)
             ) from exc
         if took >= FAST:
             raise AssertionError(
@@ -471,6 +471,21 @@ class HostSocketMachine(RuleBasedStateMachine):
         else:
             conn.closed = True
             conn.sock.close()
+
+    @rule(
+        conn=consumes(conns),
+        session=st.sampled_from(SESSIONS),
+        create=st.booleans(),
+        how=st.sampled_from(["close", "reset"]),
+    )
+    def hello_and_go(self, conn: Conn, session: str, create: bool, how: str) -> None:
+        """A valid hello for a session, and gone before the welcome: the session must be
+        left Disconnected, not in use by a connection that is no more."""
+        frame = {
+            "t": "hello", "version": PROTOCOL_VERSION, "client": "fuzz", "session": session,
+            "create": create, "idle_timeout": None, "output_buffering": None,
+        }  # fmt: skip
+        self.send_and_go(conn, (f"hello {frame!r}", encode_frame(frame)), how)
 
     @staticmethod
     def _reset(conn: Conn) -> None:
