@@ -62,6 +62,7 @@ class CommandProgress:
     pgid_known: anyio.Event = attrs.field(factory=anyio.Event)
     group_gone: bool | None = None  # after a kill: did the remote group really end?
     killing: bool = False  # a stop's kill has been started
+    ended_first: bool = False  # the command had ended on its own before the kill reached it
 
 
 @final

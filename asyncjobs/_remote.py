@@ -21,7 +21,7 @@ import asyncssh
 import attrs
 
 from ._channel import CommandChannel, CommandProgress
-from ._errors import CommandFailed, ConnectionFailed, JobArgumentError
+from ._errors import CommandFailed, ConnectionFailed, JobArgumentError, JobStopped
 from ._job import Job
 from ._lines import check_lines
 from ._log import RecordLog
@@ -35,6 +35,7 @@ from ._ssh import (
     open_connection,
     require_asyncio,
 )
+from ._sshconfig import check_files
 from ._state import Event, JobState
 from ._targets import Target
 
@@ -119,8 +120,15 @@ def _wrapped(command: str) -> str:
     return f"printf '\\036asyncjobs-pgid %s\\n' \"$$\"; {command}"
 
 
+#: ``_kill_script``'s exit statuses: killed and gone, still there after KILL, nothing to kill.
+_GONE: Final = 0
+_ABSENT: Final = 3
+
+
 def _kill_script(pgid: int, grace: float) -> str:
     """A POSIX sh script: TERM the group, wait up to ``grace``, KILL, wait until it is gone.
+    Exits 0 once it is gone, 1 if it survived, 3 if there was no such group to kill (the
+    command had ended on its own).
 
     "Gone" means no member but zombies: a killed grandchild may wait a while for its new
     parent (init) to reap it, and ``kill -0`` still finds zombies. Where ``ps`` can't tell
@@ -133,7 +141,7 @@ def _kill_script(pgid: int, grace: float) -> str:
         f" || ! ps -A -o pgid= -o stat= >/dev/null 2>&1; }}; }}"
     )
     return (
-        f"kill -s TERM -- -{pgid} 2>/dev/null || exit 0; i=0; "
+        f"kill -s TERM -- -{pgid} 2>/dev/null || exit {_ABSENT}; i=0; "
         f"while {alive} && [ $i -lt {ticks} ]; do sleep 0.05; i=$((i+1)); done; "
         f"kill -s KILL -- -{pgid} 2>/dev/null; i=0; "
         f"while {alive} && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
@@ -170,12 +178,15 @@ async def _open_channel(
     raise AssertionError("unreachable")
 
 
-async def kill_group(session: Session, pgid: int, grace: float) -> bool:
-    """TERM the remote group, wait ``grace``, KILL, wait until it is gone: True if gone."""
+async def kill_group(session: Session, pgid: int, grace: float) -> bool | None:
+    """TERM the remote group, wait ``grace``, KILL, wait until it is gone: True if gone,
+    False if it survived, None if there was no such group (it had ended on its own)."""
     async with session._control_channels:
         with map_ssh_errors(session.where):
             result = await session.connection.run(_kill_script(pgid, grace), check=False)
-    return result.exit_status == 0
+    if result.exit_status == _ABSENT:
+        return None
+    return result.exit_status == _GONE
 
 
 async def run_remote(
@@ -276,16 +287,19 @@ def _finish(
 ) -> None:
     status, sig = channel.exit_status, channel.exit_signal
     job.exit_status = status
-    if job.stop_requested and progress.group_gone is False:
+    # A command that ended on its own before the stop's kill reached it (a fan-out's
+    # fail-fast stop racing a host that failed by itself) keeps its own result.
+    stopped = job.stop_requested and not (progress.ended_first and (status, sig) != (None, None))
+    if stopped and progress.group_gone is False:
         job._fail(
             CommandFailed(
                 f"{where}: {job.command!r} was asked to stop, but its process group "
                 f"{progress.pgid} survived TERM and KILL; check the host"
             )
         )
-    elif job.stop_requested:
+    elif stopped:
         job._mark_stopped()
-    elif timed_out:
+    elif timed_out and not progress.ended_first:
         job._fail(
             CommandFailed(f"{where}: {job.command!r} timed out after {timeout:g} s; it was killed")
         )
@@ -312,16 +326,25 @@ async def _kill(
 ) -> None:
     """Kill the remote group and make sure the channel is closed; errors are not raised here
     (the connection may be the very thing that died)."""
+    ended = channel.exit_status is not None or channel.exit_signal is not None
     with anyio.move_on_after(2.0):
         await progress.pgid_known.wait()
     try:
         if progress.pgid is not None and not session.closed:
             progress.group_gone = False
             with anyio.move_on_after(grace + 15):
-                progress.group_gone = await kill_group(session, progress.pgid, grace)
+                gone = await kill_group(session, progress.pgid, grace)
+                progress.group_gone = gone is not False
+                if gone is None:  # nothing left to kill: it ended by itself; its status is
+                    ended = True  # on the way, and worth the wait
+                    with anyio.move_on_after(2.0):
+                        # asyncssh sets no event for it: look until it is there
+                        while channel.exit_status is None and channel.exit_signal is None:  # noqa: ASYNC110
+                            await anyio.sleep(0.005)
     except ConnectionFailed:
         progress.group_gone = None  # the link is gone: we cannot know
     finally:
+        progress.ended_first = ended
         channel.close()
 
 
@@ -372,6 +395,7 @@ async def start_invoke(
     if not isinstance(retries, int) or retries < 0:
         raise JobArgumentError(f"retries must be an int >= 0, got {retries!r}")
     policy = _policy(on_failure)
+    check_files(ssh_options)  # a missing key or known_hosts file: one error, nothing connects
     lines = check_lines(lines)
     if not lines and any(isinstance(t, Session) and t.name is not None for t in parsed):
         raise JobArgumentError(
@@ -387,7 +411,7 @@ async def start_invoke(
     throttle = anyio.CapacityLimiter(throttle_limit)
     watch = _PolicyWatch(parent, policy, tg.start_soon)
     for child, target in zip(children, parsed, strict=True):
-        child._listeners.append(watch.child_changed)
+        child._listeners.insert(0, watch.child_changed)  # a stopped child's reason, first
         body = _child_body(
             child, target, text, timeout, stop_grace, retries, max_channels, lines, ssh_options,
             data,
@@ -398,24 +422,57 @@ async def start_invoke(
 
 @attrs.define
 class _PolicyWatch:
-    """Stops the rest of a fan-out once the failure policy says so."""
+    """Stops the rest of a fan-out once the failure policy says so.
+
+    A child that failed on its own stays ``Failed`` with its exit status; only the children
+    the policy stopped are ``Stopped``, their reason naming the host whose failure stopped
+    them. The parent's ``reason`` and ``exit_status`` are then the first failure's."""
 
     parent: Job
     policy: FailurePolicy
     start_soon: Callable[..., Any]
     failed: int = 0
+    first: Job | None = None  # the first child that failed
     tripped: bool = False
+    #: The children the policy asked to stop (by id()), and why.
+    stopping: set[int] = attrs.Factory(set)
+    why: str = ""
 
     def child_changed(self, child: Job) -> None:
-        if child.state.value != "Failed" or self.tripped:
+        if child.state is JobState.STOPPED and id(child) in self.stopping:
+            self._explain(child)
+            return
+        if child.state is not JobState.FAILED:
             return
         self.failed += 1
+        if self.first is None:
+            self.first = child
+        if self.tripped:
+            return
         total = len(self.parent.children)
-        if self.policy == "fail_fast" or (
-            isinstance(self.policy, float) and self.failed / total > self.policy
-        ):
-            self.tripped = True
-            self.start_soon(self.parent.stop)
+        if self.policy == "fail_fast":
+            how = "fail-fast"
+        elif isinstance(self.policy, float) and self.failed / total > self.policy:
+            how = f"{self.failed} of {total} hosts failed, more than {self.policy:.0%}"
+        else:
+            return
+        self.tripped = True
+        first = self.first
+        self.parent._reason = first.reason  # the parent fails as its first failure did
+        self.parent.exit_status = first.exit_status
+        self.why = f"stopped because {child.location} failed ({how})"
+        for other in self.parent.children:
+            if not other.state.is_finished:
+                self.stopping.add(id(other))
+                self.start_soon(other.stop)
+
+    def _explain(self, child: Job) -> None:
+        """A child the policy stopped: its reason says why (also in its last state change)."""
+        reason = JobStopped(self.why)
+        child._reason = reason
+        last = child._history[-1] if child._history else None
+        if last is not None and last.state is JobState.STOPPED and last.reason is None:
+            child._history[-1] = attrs.evolve(last, reason=reason)
 
 
 def _child_body(
@@ -458,7 +515,10 @@ def _child_body(
                 child.location, None, None, None, None, None, 0, 0, attempts[0]
             )
             await log.append("error", exc)
-            raise
+            # The host's own failure, even if a stop (a fan-out's fail-fast) came meanwhile:
+            # connecting is never interrupted, so the stop did not cause it.
+            child._fail(exc)
+            return
         session = Session(
             conn, target, name=None, max_channels=max_channels, timings=timings, options=options
         )

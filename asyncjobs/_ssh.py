@@ -29,6 +29,7 @@ from ._errors import (
     JobArgumentError,
     ProtocolError,
 )
+from ._sshconfig import HostKeys, check_files, resolve, usable_identities
 from ._sshdefaults import with_client_defaults
 from ._targets import Target
 from ._util import Opener
@@ -59,8 +60,8 @@ def map_ssh_errors(where: str, *, timeout: float | None = None) -> Iterator[None
         yield
     except asyncssh.HostKeyNotVerifiable as exc:
         raise HostKeyError(
-            f"{where}: host key not verified ({exc.reason}); add it to known_hosts "
-            "(ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts) or pass known_hosts=",
+            f"{where}: host key not verified ({exc.reason}); add its key to known_hosts "
+            "(ssh-keyscan) or pass known_hosts=",
             host=where,
         ) from exc
     except asyncssh.PermissionDenied as exc:
@@ -113,24 +114,46 @@ async def open_connection(
     ``connect_timeout`` (default 30 s) covers TCP connect, handshake and authentication. The
     TCP connect is timed apart from the rest through the client's ``connection_made``. Where
     the caller and the SSH config choose none, asyncjobs's defaults apply: AES-GCM first on CPUs
-    with AES instructions, keepalives every 15 s (see ``_sshdefaults``).
+    with AES instructions, keepalives every 15 s (see ``_sshdefaults``). Beyond asyncssh, the
+    config's ``StrictHostKeyChecking`` decides about keys known_hosts does not list, and every
+    error names the host, user and port actually used (see ``_sshconfig``). A file the caller
+    named that does not exist is a ``JobArgumentError`` before anything connects.
     """
     require_asyncio("connecting to a host")
     options = dict(with_client_defaults(options))  # AES-GCM first, keepalives
+    check_files(options)
     port = target.port or options.pop("port", None) or ()
     if target.username is not None:
         options["username"] = target.username
-    where = f"host {target.host}:{port or 22}"
+    config = resolve(target.host, port, options)
+    where = config.where
+    keys = HostKeys.of(config, options)
+    keys.apply(options)
+    usable_identities(config, options)
     timeout = options.pop("connect_timeout", 30.0)
     made: list[float] = []
     if "client_factory" not in options:
-        options["client_factory"] = functools.partial(_TimedClient, made)
+        options["client_factory"] = functools.partial(_TimedClient, made, keys)
     t0 = time.perf_counter()
     with map_ssh_errors(where, timeout=timeout), anyio.fail_after(timeout):
-        conn = await _connect_through_resets(where, target.host, port, options, made)
+        try:
+            conn = await _connect_through_resets(where, target.host, port, options, made)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise HostKeyError(keys.refusal(exc.reason), host=where) from exc
+    conn.set_extra_info(asyncjobs_where=where)
     t2 = time.perf_counter()
     t1 = made[0] if made else t2
     return conn, ConnectTimings(connect=t1 - t0, auth=t2 - t1)
+
+
+def where_of(conn: asyncssh.SSHClientConnection, target: Target) -> str:
+    """How messages name the host of ``conn``: ``host web1 (ops@10.0.0.7:22)``, with the
+    host, user and port actually used (``open_connection`` notes it on the connection)."""
+    where = conn.get_extra_info("asyncjobs_where")
+    if isinstance(where, str):
+        return where
+    port = conn.get_extra_info("port") or target.port or 22
+    return f"host {target.host}:{port}"
 
 
 #: How often a connection reset during the handshake is retried before it counts as a failure.
@@ -166,14 +189,21 @@ async def _connect_through_resets(
 
 class _TimedClient(asyncssh.SSHClient):
     """Notes when the TCP connection is made, before the SSH handshake starts, and keeps
-    delayed ACKs off on it (see ``quick_acks``)."""
+    delayed ACKs off on it (see ``quick_acks``); a host key that known_hosts does not list is
+    left to the ``StrictHostKeyChecking`` policy of ``keys``."""
 
-    def __init__(self, made: list[float]) -> None:
+    def __init__(self, made: list[float], keys: HostKeys | None = None) -> None:
         self._made = made
+        self._keys = keys
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._made.append(time.perf_counter())
         quick_acks(conn)
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        return self._keys is not None and self._keys.accept(host, addr, port, key)
 
 
 #: A socket read at least this big is bulk data, after which QUICKACK is not re-armed (setting
@@ -235,7 +265,8 @@ class Session:
         self._target = target
         self.name = name
         self.host = target.host
-        self.port = target.port or 22
+        #: The port actually connected to (the SSH config's ``Port`` included).
+        self.port: int = conn.get_extra_info("port") or target.port or 22
         self.username: str | None = conn.get_extra_info("username")
         self.timings = timings
         self.max_channels = max_channels
@@ -251,7 +282,8 @@ class Session:
 
     @property
     def where(self) -> str:
-        return f"host {self.host}:{self.port}"
+        """How messages name the host: its name, and the user, address and port used."""
+        return where_of(self._conn, self._target)
 
     @property
     def closed(self) -> bool:
@@ -426,6 +458,7 @@ def connect(
         target = attrs.evolve(target, username=username)
     _check_max_channels(max_channels)
     host_session = _host_session_options(name, idle_timeout, output_buffering, create)
+    check_files(ssh_options)  # client_keys=, known_hosts=, config= that don't exist: now
 
     async def opening() -> Session:
         conn, timings = await open_connection(target, ssh_options)

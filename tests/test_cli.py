@@ -216,7 +216,7 @@ def test_errors_are_one_line_with_the_fix(hostdir: Path) -> None:
     assert ranges_json["error"]["type"] == "HostSyntaxError"
     one_error_line(cli("get", "-H", "a,b"), "names 2 hosts", "asyncjobs invoke")
     down = cli("get", "-H", "127.0.0.1:1", "-F", "none")  # nobody listens on port 1
-    one_error_line(down, "host 127.0.0.1:1: connection refused", "is sshd listening")
+    one_error_line(down, "host ", "@127.0.0.1:1: connection refused", "is sshd listening")
     one_error_line(cli("invoke", "--hostfile", "/nonexistent", "--", "true"), "/nonexistent")
 
 
@@ -341,7 +341,7 @@ def test_invoke_fans_out_with_tagged_output_and_the_worst_status(
     down = "127.0.0.1:1"
     failed = cli("invoke", "-H", f"{hosts[0]},{down}", *ssh_args(remote), "--", "exit 3")
     assert failed.rc == 255  # the worst: a host that can't be reached
-    assert f"{down}: host 127.0.0.1:1: connection refused" in failed.err
+    assert f"{down}: host {remote.username}@127.0.0.1:1: connection refused" in failed.err
     assert "2 hosts: 2 failed" in failed.err
     worst = cli("invoke", "-H", hosts[0], *ssh_args(remote), "--json", "--", "echo x; exit 3")
     doc = worst.doc()

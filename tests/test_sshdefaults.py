@@ -96,3 +96,47 @@ async def test_what_real_sshd_negotiates(ssh_hosts: TestHosts) -> None:
     chosen: dict[str, Any] = {**options, "encryption_algs": ["chacha20-poly1305@openssh.com"]}
     async with asyncjobs.connect(host.address, host.port, **chosen) as s:
         assert s.connection.get_extra_info("recv_cipher") == "chacha20-poly1305@openssh.com"
+
+
+# -- the SSH config beyond asyncssh (asyncjobs._sshconfig) ------------------------------------
+
+
+def test_the_config_resolves_the_real_host_user_and_port(tmp_path: Path) -> None:
+    from asyncjobs._sshconfig import resolve
+
+    path = tmp_path / "config"
+    path.write_text(
+        "Host web1\n  HostName 10.0.0.7\n  Port 2222\n  User ops\n"
+        "  StrictHostKeyChecking accept-new\n  HashKnownHosts yes\n"
+        "Host *\n  StrictHostKeyChecking no\n"
+    )
+    options = {"config": [str(path)]}
+    web1 = resolve("web1", (), options)
+    assert (web1.host, web1.port, web1.username) == ("10.0.0.7", 2222, "ops")
+    assert web1.where == "host web1 (ops@10.0.0.7:2222)"
+    assert (web1.strict, web1.hash_known_hosts) == ("accept-new", True)
+    chosen = resolve("web1", 22, {**options, "username": "me"})  # the caller's word wins
+    assert chosen.where == "host web1 (me@10.0.0.7:22)"
+    other = resolve("10.0.0.8", (), {**options, "username": "me"})
+    assert (other.where, other.strict) == ("host me@10.0.0.8:22", "no")
+    assert resolve("::1", 2200, {"config": [], "username": "u"}).where == "host u@[::1]:2200"
+    path.write_text("Host x\n  Port notanumber\n")
+    with pytest.raises(asyncjobs.JobArgumentError, match="can't read SSH config"):
+        resolve("x", (), options)
+
+
+def test_check_files_names_the_option_and_the_path(tmp_path: Path) -> None:
+    from asyncjobs._sshconfig import check_files
+
+    key = tmp_path / "key"
+    key.write_text("")
+    check_files({"client_keys": [str(key), (str(key), str(key))], "known_hosts": None})
+    check_files({"client_keys": [b"key data"], "known_hosts": ([], [], [])})  # not files
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"client_keys": [str(key), "/nope"]}, "client_keys='/nope': no such file"),
+        ({"known_hosts": tmp_path}, f"known_hosts={str(tmp_path)!r}: is a directory"),
+        ({"config": "/nope"}, "config='/nope': no such file"),
+    ]
+    for options, named in cases:
+        with pytest.raises(asyncjobs.JobArgumentError, match=named):
+            check_files(options)

@@ -71,10 +71,11 @@ class Link:
             session: HostSession = await connect_local(name, create=create, idle_timeout=idle)
             return session
         from .._remotehost import open_bridge
+        from .._ssh import where_of
 
         target = self.where.target
-        where = f"host {target.host}:{target.port or 22}"
         conn = await self._connection()
+        where = where_of(conn, target)  # the host, user and port actually used
         options: dict[str, Any] = {"idle_timeout": CLI_IDLE_TIMEOUT} if create else {}
         return await open_bridge(conn, where, target.location, name=name, create=create, **options)
 
@@ -97,8 +98,10 @@ class Link:
                 break
             except AsyncJobsError as exc:
                 # The host's refusal names the reason; "in use" passes once the holder leaves.
-                if "in use by another connection" not in str(exc) or time.monotonic() > deadline:
+                if "in use by another connection" not in str(exc):
                     raise
+                if time.monotonic() > deadline:
+                    raise AsyncJobsError(in_use(str(exc), self.where)) from None
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.5)
         try:
@@ -121,6 +124,22 @@ class Link:
             with anyio.CancelScope(shield=True):
                 await self._conn.wait_closed()
             self._conn = None
+
+
+def in_use(refusal: str, where: Where) -> str:
+    """The job host's "session X is in use by another connection" as advice that works from
+    the command line: who holds it (as far as the host says), that it frees itself when that
+    program lets go, how to take it over, and that its jobs need no session meanwhile."""
+    who = refusal.split("; ", 1)[0]  # the host's fix ("disconnect it first") is no use here
+    host = "" if where.target is None else f" -H {where.target.location}"
+    return (
+        f"{who} (a program attached to it: a Python program's connect_local(name=...) or "
+        "connect(host, name=...), or another asyncjobs command); it is left disconnected, "
+        "its jobs running, when that program disconnects or exits: wait for that and try "
+        "again, or end that program to take the session over. Its jobs need no session: "
+        f"'asyncjobs get{host}' lists them, 'asyncjobs receive ID{host}' and "
+        f"'asyncjobs stop ID{host}' work now"
+    )
 
 
 @asynccontextmanager

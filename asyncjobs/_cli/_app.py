@@ -234,6 +234,22 @@ def enter(host: str, **ssh: Any) -> None:
     HOST is [user@]host[:port]; the exit status is the shell's.
     """
     from ._enter import enter as body
+    from ._hosts import fold, parse_hosts
+
+    try:
+        named = parse_hosts(host)
+    except HostSyntaxError as exc:
+        fail("enter", exc)
+        return
+    if len(named) != 1:  # HOST is the argument here, not -H: say so, and what to do instead
+        fail(
+            "enter",
+            HostSyntaxError(
+                f"enter takes one host; {host!r} names {len(named)} ({fold(named)}): pick one, "
+                f"or run a command on each with asyncjobs invoke -H {host!r} -- CMD"
+            ),
+        )
+        return
 
     async def shell(screen: Any, result: Any, where: Any) -> None:
         await body(screen, result, where.target, dict(where.ssh_options))

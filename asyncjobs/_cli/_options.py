@@ -95,6 +95,37 @@ def host_option(f: F) -> F:
     )(f)
 
 
+class UsageError(HostSyntaxError):
+    """An option the command can't use, such as a file that does not exist: one line naming
+    it, exit status 2 (the boundary's status for a ``HostSyntaxError``), before anything
+    connects."""
+
+
+#: The SSH flags that name files, and what such a file is.
+_FILE_FLAGS: Final = (
+    ("identity", "-i", "a private key file"),
+    ("known_hosts", "--known-hosts", "an existing known_hosts file (an empty one trusts nothing)"),
+    ("ssh_config", "-F", "an OpenSSH client config, or 'none' for none"),
+)
+
+
+def check_files(ssh: dict[str, Any]) -> None:
+    """Every file the SSH flags name must be readable: ``-i /nope`` is one usage error naming
+    the file, not a ``No such file or directory`` from every host. (A missing IdentityFile or
+    UserKnownHostsFile in the SSH config is no error: ssh skips it, and so do we.)"""
+    from .._sshconfig import file_problem
+
+    for key, flag, what in _FILE_FLAGS:
+        value = ssh.get(key)
+        paths = list(value) if isinstance(value, list | tuple) else [value]
+        for path in paths:
+            if not path or (key == "ssh_config" and path == "none"):
+                continue
+            problem = file_problem(path)
+            if problem is not None:
+                raise UsageError(f"{flag} {path}: {problem}; give {what}")
+
+
 def ssh_dict(ssh: dict[str, Any]) -> dict[str, Any]:
     """The asyncssh options of the SSH flags (``--user``/``--port`` go into the targets)."""
     options: dict[str, Any] = {}
@@ -122,6 +153,7 @@ def where_of(host: str | None, ssh: dict[str, Any]) -> Where:
             "('asyncjobs invoke' runs a command on many)"
         )
     [target] = targets(hosts, user=ssh.get("user"), port=ssh.get("port"))
+    check_files(ssh)
     return Where(target, ssh_dict(ssh))
 
 
@@ -135,4 +167,6 @@ def targets_of(hosts: Sequence[str], hostfiles: Sequence[str], ssh: dict[str, An
     names = gather(hosts, hostfiles, sys.stdin)
     if not names:
         raise HostSyntaxError("no hosts: -H and --hostfile named none")
-    return targets(names, user=ssh.get("user"), port=ssh.get("port"))
+    chosen = targets(names, user=ssh.get("user"), port=ssh.get("port"))
+    check_files(ssh)
+    return chosen
