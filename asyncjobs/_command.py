@@ -212,20 +212,38 @@ async def _supervise(job: Job, spec: CommandSpec, process: Process, pump: Pump) 
                 if process.stdin is not None and spec.input is not None:
                     tg.start_soon(_feed, process.stdin, spec.input, failed, tg.cancel_scope)
                 stderr_done = anyio.Event()
-                tg.start_soon(_pump_then_set, pump, process.stderr, stderr_done)
-                await pump(process.stdout, "output")
-                await stderr_done.wait()
-                await process.wait()
+                tg.start_soon(
+                    _pump_then_set, pump, process.stderr, stderr_done, failed, tg.cancel_scope
+                )
+                try:
+                    await pump(process.stdout, "output")
+                except Exception as exc:  # e.g. the log's spill failed (a full disk)
+                    failed.append(exc)
+                else:
+                    await stderr_done.wait()
+                    await process.wait()
                 tg.cancel_scope.cancel()
         finally:
             job._listeners.remove(on_change)
-    if failed:  # a lazy input iterable raised, or yielded something that is not a line
+    # The job's reason is the failure itself, not a task group's ExceptionGroup around it:
+    # a pump failed (the log refused a line: its spill failed), or a lazy input iterable
+    # raised or yielded something that is not a line.
+    if failed:
         raise failed[0]
 
 
-async def _pump_then_set(pump: Pump, stream: ByteReceiveStream, done: anyio.Event) -> None:
+async def _pump_then_set(
+    pump: Pump,
+    stream: ByteReceiveStream,
+    done: anyio.Event,
+    failed: list[Exception],
+    scope: anyio.CancelScope,
+) -> None:
     try:
         await pump(stream, "error")
+    except Exception as exc:  # the job fails of it: stop the rest
+        failed.append(exc)
+        scope.cancel()
     finally:
         done.set()
 

@@ -6,11 +6,16 @@ received cursors (receive-once). A ``Buffer`` is only the policy for what happen
 unreceived part outgrows its bound: ``spill`` moves older records to a temporary file, ``block``
 makes ``append`` wait, ``drop`` discards the oldest unreceived records and counts them.
 
+A spill that fails (a full disk) loses nothing: the records stay in memory, the failure becomes
+the log's last record (an error record holding a ``SpillError``) and the append that needed the
+spill raises it, so the producer stops and its job fails; every later append is refused.
+
 Everything here runs on the event loop thread; other threads reach it through ``from_thread``.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import sys
 import time
@@ -23,7 +28,7 @@ import anyio
 from . import _checks as checks
 from ._errors import JobStateError
 from ._models import STREAMS, Buffer, BufferStatistics, Record, StreamName
-from ._spill import SpillFile
+from ._spill import SpillError, SpillFile
 
 _ALL: Final = frozenset(STREAMS)
 
@@ -71,6 +76,8 @@ class RecordLog:
         self._ended = False
         self._unbounded = False  # set by unblock(): a stopping job's producer must not hang
         self._released = False
+        self._broken: SpillError | None = None  # a spill failed: no more appends
+        self._broken_record: Record | None = None  # ... and this error record says why
         self._changed: anyio.Event | None = None  # made only when someone waits
         self._listeners: list[Callable[[], None]] = []
 
@@ -88,11 +95,10 @@ class RecordLog:
         return self.append_nowait(stream, value)
 
     def append_nowait(self, stream: StreamName, value: Any) -> Record:
-        """Add a record now; in ``block`` mode raise ``anyio.WouldBlock`` when full."""
-        if self._ended:
-            raise JobStateError(
-                f"{self._name} is finished: it takes no more records", job=self._name
-            )
+        """Add a record now; in ``block`` mode raise ``anyio.WouldBlock`` when full. A spill
+        that fails raises ``SpillError`` and adds nothing (see the module doc)."""
+        if self._ended or self._broken is not None:
+            return self._refuse(stream, value)
         mode = self._mode
         if mode == "block" and self._full() and not self._unbounded:
             raise anyio.WouldBlock
@@ -108,7 +114,11 @@ class RecordLog:
         self._unreceived += 1
         if mode == "spill":
             if len(self._mem) > self._max_items or self._mem_bytes > self._max_bytes:
-                self._spill_older()
+                try:
+                    self._spill_older()
+                except OSError as exc:
+                    self._unappend(record, size)
+                    raise self._spill_failed(exc) from exc
         elif mode == "drop":
             self._drop_oldest()
         if self._unreceived > self._high_water:
@@ -116,6 +126,49 @@ class RecordLog:
         if self._changed is not None or self._listeners:
             self._notify()
         return record
+
+    def _refuse(self, stream: StreamName, value: Any) -> Record:
+        if self._ended:
+            raise JobStateError(
+                f"{self._name} is finished: it takes no more records", job=self._name
+            )
+        broken, record = self._broken, self._broken_record
+        assert broken is not None and record is not None
+        if stream == "error" and value is broken:  # its runner reports the failure: it's in
+            return record
+        raise SpillError(broken.errno, broken.strerror) from broken
+
+    def _unappend(self, record: Record, size: int) -> None:
+        """Take back the record ``append_nowait`` just added (its spill failed)."""
+        assert self._mem and self._mem[-1] is record
+        self._mem.pop()
+        self._sizes.pop()
+        self._mem_bytes -= size
+        self._pending[record.stream] -= 1
+        self._pending_bytes -= size
+        self._unreceived -= 1
+        self._next = record.seq
+
+    def _spill_failed(self, exc: OSError) -> SpillError:
+        """The spill file took no more: keep what is held in memory from now on, add the
+        error record that says why, refuse further appends."""
+        directory = self._spill.directory if self._spill is not None else "the temp directory"
+        code = exc.errno or errno.EIO
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            why = f"the disk is full ({exc.strerror or 'no space left on device'})"
+            fix = "free space there, or start the program with TMPDIR set to a directory with room"
+        else:
+            why = exc.strerror or str(exc)
+            fix = "check that directory, or start the program with TMPDIR set to another one"
+        error = SpillError(
+            code,
+            f"{self._name} can't spill its records to {directory!r}: {why}; its "
+            f"{self._next} records so far are kept and can be received; {fix}",
+        )
+        self._max_items = self._max_bytes = sys.maxsize  # nothing more goes to the file
+        self._broken_record = self.append_nowait("error", error)
+        self._broken = error
+        return error
 
     def end(self) -> None:
         """No more records will come (the job is finished); wakes every waiting reader."""
@@ -151,15 +204,25 @@ class RecordLog:
 
     def _spill_older(self) -> None:
         # Spill down to half the bound so that spilling is amortised over many appends.
+        # A write that fails leaves the file as it was: the batch goes back to memory.
         keep_items, keep_bytes = self._max_items // 2, self._max_bytes // 2
         rows: list[tuple[str, Any, float]] = []
+        popped: list[tuple[Record, int]] = []
         first = self._mem[0].seq
         while self._mem and (len(self._mem) > keep_items or self._mem_bytes > keep_bytes):
-            record, _ = self._pop_front()
+            record, size = self._pop_front()
+            popped.append((record, size))
             rows.append((record.stream, record.value, record.time))
         if self._spill is None:
             self._spill = SpillFile()
-        self._spill.write(first, rows)
+        try:
+            self._spill.write(first, rows)
+        except OSError:
+            for record, size in reversed(popped):
+                self._mem.appendleft(record)
+                self._sizes.appendleft(size)
+                self._mem_bytes += size
+            raise
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -267,11 +330,18 @@ class RecordLog:
                     "closed; receive them inside the 'async with JobManager()' block",
                     job=self._name,
                 )
-            for seq, stream, value, t in self._spill.read(start, mem_first):
-                if wanted(seq, stream):
-                    out.append(Record(stream, value, self.job_id, self.location, seq, t))  # type: ignore[arg-type]
-                    if limit is not None and len(out) >= limit:
-                        return out
+            try:
+                for seq, stream, value, t in self._spill.read(start, mem_first):
+                    if wanted(seq, stream):
+                        out.append(Record(stream, value, self.job_id, self.location, seq, t))  # type: ignore[arg-type]
+                        if limit is not None and len(out) >= limit:
+                            return out
+            except OSError as exc:
+                raise SpillError(
+                    exc.errno or errno.EIO,
+                    f"{self._name}: can't read its spilled records back from "
+                    f"{self._spill.directory!r}: {exc.strerror or exc}",
+                ) from exc
         for record in itertools.islice(self._mem, max(0, start - mem_first), None):
             if record.stream in want and (
                 not unreceived_only or record.seq >= cursor[record.stream]
