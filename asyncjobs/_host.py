@@ -41,12 +41,14 @@ from . import __version__
 from ._command import CommandSpec
 from ._errors import AsyncJobsError, JobArgumentError, JobStateError, NoSuchJob, ProtocolError
 from ._hostdir import (
+    ENV_DIR,
     ENV_IDLE,
     LOCK,
     STORE,
     ensure_private_dir,
     host_dir,
     peer_uid,
+    report_ready,
     socket_path,
 )
 from ._hostrun import FLUSH_BYTES, FLUSH_RECORDS, pack_value, run_host_command, unpack_value
@@ -147,10 +149,13 @@ class _HostJob:
     received: anyio.Event = attrs.field(factory=anyio.Event)  # set (and replaced) per take
     done: anyio.Event = attrs.field(factory=anyio.Event)  # final state is in the store
     blocked: bool = False  # held by output_buffering="block" (its state is Blocked)
+    lost: StoreError | None = None  # the store refused its output (a full disk): it fails
 
     # -- the Sink of run_host_command ----------------------------------------------------
 
     def add(self, pieces: list[Piece]) -> None:
+        if self.lost is not None:  # its output can't be stored: the job ends with that
+            raise self.lost
         for piece in pieces:
             self.pending.append(piece)
             self.pending_records += piece.records
@@ -164,6 +169,8 @@ class _HostJob:
 
     def flush(self) -> None:
         self.host._flush(self)
+        if self.lost is not None:
+            raise self.lost
 
     async def room(self) -> None:
         """Wait while ``output_buffering="block"`` holds the job (reconnects and receives
@@ -322,6 +329,8 @@ class JobHost:
         #: order: the next ``take`` of their streams hands them out first.
         self._returned: dict[int, list[Row]] = {}
         self._complained = 0.0  # when running out of descriptors was last logged
+        #: Final states of jobs that a full disk would not take yet, by job id.
+        self._unsaved: dict[int, dict[str, Any]] = {}
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -333,7 +342,7 @@ class JobHost:
             print(f"asyncjobs job host: marked {len(recovered)} jobs failed", file=sys.stderr)
         for row in self.store.sessions():
             if row.state == "Opened":  # its connection died with the old host
-                self.store.put_session(
+                self._put_session(
                     attrs.evolve(row, state="Disconnected", disconnected_at=time.time())
                 )
         self._slots = anyio.CapacityLimiter(PROCESS_LIMIT)
@@ -361,6 +370,8 @@ class JobHost:
         """Stop the jobs of sessions idle past their timeout; exit when idle long enough."""
         while True:
             await anyio.sleep(min(1.0, self.idle_exit / 4))
+            if self._unsaved:
+                self._save_unsaved()
             now = time.time()
             for row in self.store.sessions():
                 expired = (
@@ -397,7 +408,7 @@ class JobHost:
             for job in list(self._jobs.values()):
                 if job.session == row.name:
                     tg.start_soon(job.local.stop)
-        self.store.put_session(attrs.evolve(row, state="Closed"))
+        self._put_session(attrs.evolve(row, state="Closed"))
 
     # -- one controller ------------------------------------------------------------------
 
@@ -522,7 +533,7 @@ class JobHost:
         session.attached = True
         session.wake()
         try:
-            self.store.put_session(attrs.evolve(row, state="Opened", disconnected_at=None))
+            self._put_session(attrs.evolve(row, state="Opened", disconnected_at=None))
             await frames.send(self._welcome(name).to_wire())
         except BaseException:  # the controller left before it heard the welcome
             self._detach(session)
@@ -545,6 +556,14 @@ class JobHost:
             n += 1
         return f"Session{n}"
 
+    def _put_session(self, row: SessionRow) -> None:
+        """Store a session's row; on a full disk the host goes on with it in memory (its
+        jobs and reads do not depend on it) and says so in its log."""
+        try:
+            self.store.put_session(row)
+        except StoreError as exc:
+            _log(f"session {row.name!r}: its state {row.state} is not stored ({exc})")
+
     def _detach(self, session: _Session) -> None:
         """The connection of ``session`` ended: what it held unacknowledged is given back,
         and the session (unless an observer) is disconnected."""
@@ -557,9 +576,7 @@ class JobHost:
         session.wake()
         row = self.store.session(session.name)
         if row is not None and row.state == "Opened":
-            self.store.put_session(
-                attrs.evolve(row, state="Disconnected", disconnected_at=time.time())
-            )
+            self._put_session(attrs.evolve(row, state="Disconnected", disconnected_at=time.time()))
 
     async def _answer(self, client: _Client, request: Request) -> None:
         """Answer one request. Ops that answer with many records (``_PAGED``) take the
@@ -657,9 +674,21 @@ class JobHost:
             limit = DISCONNECTED_BOUND - self.store.unreceived(job.row_id)
             if limit <= 0:
                 return
-        self.store.append_pieces(job.row_id, job.take_pending(limit))
-        if mode == "drop":
-            self.store.drop_oldest(job.row_id, keep=DISCONNECTED_BOUND)
+        pieces = job.take_pending(limit)
+        try:
+            self.store.append_pieces(job.row_id, pieces)
+            if mode == "drop":
+                self.store.drop_oldest(job.row_id, keep=DISCONNECTED_BOUND)
+        except StoreError as exc:  # its pump ends with this: the job fails, the host goes on
+            if job.lost is None:
+                job.lost = StoreError(
+                    f"job {job.row_id}: its output can't be stored ({exc}); what was stored "
+                    "before is kept. Free space on that file system (or move the job host "
+                    f"with {ENV_DIR}) and run the job again"
+                )
+                _log(str(job.lost))
+            job.pending.clear()
+            job.pending_records = job.pending_bytes = 0
         job.wake_readers()
 
     def _on_change(self, job: _HostJob) -> None:
@@ -674,18 +703,24 @@ class JobHost:
             self._flush(job, everything=True)
             assert local._log is not None
             records = local._log.take(STREAMS)  # the error of a spawn that failed
-            if records:
-                rows = [(r.stream, pack_value(_as_data(r.value)), r.time) for r in records]
-                self.store.append(job.row_id, rows)
             reason = str(local.reason) if local.reason is not None else None
-            self.store.set_job(
-                job.row_id,
-                state=local.state.value,
-                reason=reason,
-                exit_status=local.exit_status,
-                started_at=local.started_at,
-                finished_at=local.finished_at,
-            )
+            if job.lost is not None:
+                reason = str(job.lost)  # not the task group that carried it
+            fields = {
+                "state": local.state.value,
+                "reason": reason,
+                "exit_status": local.exit_status,
+                "started_at": local.started_at,
+                "finished_at": local.finished_at,
+            }
+            try:
+                if records:
+                    rows = [(r.stream, pack_value(_as_data(r.value)), r.time) for r in records]
+                    self.store.append(job.row_id, rows)
+                self.store.set_job(job.row_id, **fields)
+            except StoreError as exc:  # a full disk: the host keeps it, and writes it later
+                _log(f"job {job.row_id}: its final state waits to be stored ({exc})")
+                self._unsaved[job.row_id] = fields
         finally:
             job.done.set()
             self._job_finished.set()
@@ -730,7 +765,22 @@ class JobHost:
         row = self.store.job(job_id)
         if row is None:
             raise NoSuchJob(f"no job with id {job_id} on this job host; jobs.get() lists them")
-        return row
+        return self._as_known(row)
+
+    def _as_known(self, row: JobRow) -> JobRow:
+        """``row`` with the final state the store could not take yet (a full disk)."""
+        fields = self._unsaved.get(row.id)
+        return row if fields is None else attrs.evolve(row, **fields)
+
+    def _save_unsaved(self) -> None:
+        """Write the final states a full disk refused, once it takes them."""
+        for job_id, fields in list(self._unsaved.items()):
+            try:
+                if self.store.job(job_id) is not None:
+                    self.store.set_job(job_id, **fields)
+            except StoreError:
+                return
+            del self._unsaved[job_id]
 
     def _info(self, row: JobRow) -> JobInfo:
         finished = row.state not in _ACTIVE
@@ -771,7 +821,7 @@ class JobHost:
     ) -> list[JobInfo]:
         await turn.acquire()
         out = []
-        for row in self.store.jobs(session_name):
+        for row in map(self._as_known, self.store.jobs(session_name)):
             if id is not None and row.id != id:
                 continue
             if name is not None and not fnmatch.fnmatchcase(row.name, name):
@@ -837,7 +887,8 @@ class JobHost:
         done = finished()
         infos = []
         for job_id, maybe in zip(done, self.store.jobs_by_id(done), strict=True):
-            infos.append(self._info(maybe if maybe is not None else self._row(job_id)))
+            row = self._as_known(maybe) if maybe is not None else self._row(job_id)
+            infos.append(self._info(row))
         return infos
 
     async def _op_read(
@@ -1113,10 +1164,20 @@ def _use_pidfd_watcher() -> None:
 async def _run(directory: Path, idle_exit: float) -> None:
     _use_pidfd_watcher()
     path = socket_path(directory)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a stale socket of a host that died; we hold the lock
-    listener = await anyio.create_unix_listener(path, mode=0o600)
-    host = JobHost(directory, idle_exit=idle_exit)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket of a host that died; we hold the lock
+        listener = await anyio.create_unix_listener(path, mode=0o600)
+        try:
+            host = JobHost(directory, idle_exit=idle_exit)
+        except BaseException:
+            await listener.aclose()
+            raise
+    except (OSError, AsyncJobsError) as exc:  # the spawner says it; host.log may be full
+        report_ready(f"{exc}")
+        _log(f"can't start: {exc}")
+        raise SystemExit(1) from None
+    report_ready()
     try:
         async with anyio.create_task_group() as tg:
 
@@ -1163,10 +1224,16 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, 1)  # stderr stays on the log file the spawner opened
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _raise_descriptor_limit()
-    with _exclusive(directory) as mine:
-        if not mine:
-            return 0  # another job host serves this directory
-        anyio.run(_run, directory, idle_exit, backend="asyncio")
+    try:
+        with _exclusive(directory) as mine:
+            if not mine:
+                report_ready()  # another job host serves this directory
+                return 0
+            anyio.run(_run, directory, idle_exit, backend="asyncio")
+    except OSError as exc:  # its lock: the spawner hears why (host.log may be on a full disk)
+        report_ready(f"can't take the lock {directory / LOCK}: {exc}")
+        _log(f"can't start: {exc}")
+        return 1
     return 0
 
 

@@ -9,6 +9,8 @@ started by a race exits at once and the first one serves everybody.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import socket
 import subprocess
@@ -27,6 +29,8 @@ STORE: Final = "store.sqlite"
 LOG: Final = "host.log"
 ENV_DIR: Final = "ASYNCJOBS_HOST_DIR"
 ENV_IDLE: Final = "ASYNCJOBS_HOST_IDLE_EXIT"
+ENV_READY: Final = "ASYNCJOBS_HOST_READY_FD"  # the pipe on which a new host says it serves
+READY: Final = "ready"
 
 
 def host_dir() -> Path:
@@ -63,28 +67,95 @@ def socket_path(directory: Path) -> Path:
     return path
 
 
-def spawn_host(directory: Path, *, idle_exit: float | None = None) -> None:
-    """Start a detached job host for ``directory`` (it exits at once if one already runs)."""
+def spawn_host(directory: Path, *, idle_exit: float | None = None, timeout: float = 15.0) -> None:
+    """Start a detached job host for ``directory`` (it exits at once if one already runs)
+    and wait until it serves, or raise ``AsyncJobsError`` with why it could not start: the
+    host says so on a pipe (``ENV_READY``), since its log may be on the very disk that is
+    full."""
     env = dict(os.environ)
     env[ENV_DIR] = str(directory)
     if idle_exit is not None:
         env[ENV_IDLE] = str(idle_exit)
-    log = open(directory / LOG, "ab")  # noqa: SIM115 - handed to the child, closed right after
+    read_end, write_end = os.pipe()
+    env[ENV_READY] = str(write_end)
     try:
-        # The child forks again and this first child exits at once: the host is nobody's
-        # child here (no zombie), runs in its own session, and keeps no terminal.
-        subprocess.run(
-            [sys.executable, "-m", "asyncjobs._host", "--daemonize"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            close_fds=True,
-            check=True,
-            timeout=30,
-        )
+        log = open(directory / LOG, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            # The child forks again and this first child exits at once: the host is nobody's
+            # child here (no zombie), runs in its own session, and keeps no terminal.
+            subprocess.run(
+                [sys.executable, "-m", "asyncjobs._host", "--daemonize"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                close_fds=True,
+                pass_fds=(write_end,),
+                check=True,
+                timeout=30,
+            )
+        finally:
+            log.close()
+            os.close(write_end)
+        answer = _read_ready(read_end, timeout)
     finally:
-        log.close()
+        os.close(read_end)
+    if answer is None:
+        return  # slow to say so: the caller goes on trying to connect until its deadline
+    if answer != READY:
+        raise AsyncJobsError(
+            f"the job host in {directory} could not start: {answer or 'it exited at once'}"
+            f"{_space_hint(directory)}"
+        )
+
+
+def _read_ready(fd: int, timeout: float) -> str | None:
+    """What the host wrote on its ready pipe up to EOF ("" if nothing), None at timeout."""
+    import selectors
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not sel.select(left):
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return data.decode(errors="replace").strip()
+            data += chunk
+            if data.endswith(b"\n"):
+                return data.decode(errors="replace").strip()
+    return None
+
+
+def _space_hint(directory: Path) -> str:
+    """A hint when the file system of ``directory`` is (nearly) full."""
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return ""
+    free = info.f_bavail * info.f_frsize
+    if free >= 1 << 20:
+        return ""
+    return (
+        f" (its file system has {free:,} bytes free: free some space, or set {ENV_DIR} to a "
+        "directory on another one)"
+    )
+
+
+def report_ready(message: str = "") -> None:
+    """In the job host: tell the spawner (if any) that it serves, or why it can't."""
+    fd = os.environ.pop(ENV_READY, None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), ((message or READY) + "\n").encode(errors="replace"))
+    except (OSError, ValueError):
+        pass
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.close(int(fd))
 
 
 async def connect_socket(
@@ -104,12 +175,14 @@ async def connect_socket(
                     f"no job host is running in {directory}; connect_local() starts one"
                 ) from exc
             if not spawned:
-                await anyio.to_thread.run_sync(lambda: spawn_host(directory, idle_exit=idle_exit))
+                left = max(0.1, deadline - time.monotonic())
+                start_one = functools.partial(spawn_host, directory, idle_exit=idle_exit)
+                await anyio.to_thread.run_sync(functools.partial(start_one, timeout=left))
                 spawned = True
             if time.monotonic() > deadline:
                 raise AsyncJobsError(
                     f"the job host in {directory} did not come up within {timeout:g} s; "
-                    f"see {directory / LOG}"
+                    f"see {directory / LOG}{_space_hint(directory)}"
                 ) from exc
             await anyio.sleep(0.02)
 
