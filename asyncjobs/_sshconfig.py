@@ -190,8 +190,8 @@ class HostKeys:
                 paths = [os.fspath(p) for p in given]
             else:  # keys, an SSHKnownHosts, a callable: the caller decides alone
                 return cls(config, (), (), None, policy=False)
-            if not paths:
-                return cls(config, (), (), None, policy=False)  # asyncssh: the default file
+            if not paths:  # no files: trust nothing (asyncssh would read its default file)
+                return cls(config, _NOTHING, (), None, policy=False)
             return cls(config, [_expand(p) for p in paths], tuple(paths), paths[0], policy=True)
         if config.user_known_hosts is not None:  # UserKnownHostsFile, maybe "none"
             named = [*config.user_known_hosts, *config.global_known_hosts]
