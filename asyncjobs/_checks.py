@@ -15,7 +15,7 @@ import math
 import os
 import shlex
 from collections.abc import Iterable, Mapping
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from ._errors import JobArgumentError
 from ._lines import input_chunks
@@ -217,3 +217,27 @@ def stream_names(value: Iterable[str] | None, what: str = "streams") -> list[str
     if not chosen:
         raise JobArgumentError(f"{what} must name at least one stream, or be None for all seven")
     return [s for s in STREAMS if s in chosen]
+
+
+def session_options(
+    name: str | None, idle_timeout: object, output_buffering: object, create: object
+) -> dict[str, Any]:
+    """The job host session arguments of ``connect`` and ``connect_local``, checked before
+    anything connects (the host would refuse them, naming nothing the user wrote)."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise JobArgumentError(f"name must be a non-empty str or None, got {name!r}")
+    if idle_timeout is not None and (
+        isinstance(idle_timeout, bool)
+        or not isinstance(idle_timeout, int | float)
+        or not 0 < idle_timeout < math.inf
+    ):
+        raise JobArgumentError(f"idle_timeout must be seconds > 0 or None, got {idle_timeout!r}")
+    if output_buffering not in (None, "block", "drop"):
+        raise JobArgumentError(
+            f"output_buffering must be 'block', 'drop' or None, got {output_buffering!r}"
+        )
+    if not isinstance(create, bool):
+        raise JobArgumentError(f"create must be True or False, got {create!r}")
+    if not create and name is None:
+        raise JobArgumentError("create=False needs the name= of an existing session")
+    return {"create": create, "idle_timeout": idle_timeout, "output_buffering": output_buffering}

@@ -475,6 +475,10 @@ class JobHost:
                 message = await frames.receive()
             except anyio.EndOfStream:
                 return
+            except ProtocolError as exc:  # a frame beyond repair: say why, then close
+                with anyio.move_on_after(1), contextlib.suppress(Exception):
+                    await frames.send(Response(0, False, None, error_to_wire(exc)).to_wire())
+                return
             try:
                 request = Request.from_wire(message)
             except ProtocolError as exc:  # answered by its id if it has one; others go on

@@ -22,6 +22,7 @@ import anyio
 import asyncssh
 import attrs
 
+from . import _checks as checks
 from ._errors import (
     AsyncJobsError,
     ConnectionFailed,
@@ -402,29 +403,6 @@ def _check_max_channels(value: object) -> int:
     return value
 
 
-def _host_session_options(
-    name: str | None, idle_timeout: object, output_buffering: object, create: object
-) -> dict[str, Any]:
-    """The job host session arguments of ``connect``, checked before anything connects."""
-    if name is not None and (not isinstance(name, str) or not name):
-        raise JobArgumentError(f"name must be a non-empty str or None, got {name!r}")
-    if idle_timeout is not None and (
-        isinstance(idle_timeout, bool)
-        or not isinstance(idle_timeout, int | float)
-        or not idle_timeout > 0
-    ):
-        raise JobArgumentError(f"idle_timeout must be seconds > 0 or None, got {idle_timeout!r}")
-    if output_buffering not in (None, "block", "drop"):
-        raise JobArgumentError(
-            f"output_buffering must be 'block', 'drop' or None, got {output_buffering!r}"
-        )
-    if not isinstance(create, bool):
-        raise JobArgumentError(f"create must be True or False, got {create!r}")
-    if not create and name is None:
-        raise JobArgumentError("create=False needs the name= of an existing session")
-    return {"create": create, "idle_timeout": idle_timeout, "output_buffering": output_buffering}
-
-
 def connect(
     host: str,
     port: int = 22,
@@ -457,7 +435,7 @@ def connect(
     if username is not None:
         target = attrs.evolve(target, username=username)
     _check_max_channels(max_channels)
-    host_session = _host_session_options(name, idle_timeout, output_buffering, create)
+    host_session = checks.session_options(name, idle_timeout, output_buffering, create)
     check_files(ssh_options)  # client_keys=, known_hosts=, config= that don't exist: now
 
     async def opening() -> Session:

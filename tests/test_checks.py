@@ -277,3 +277,22 @@ async def test_get_refuses_a_name_pattern_that_is_not_a_str() -> None:
     async with JobManager() as jobs:
         with pytest.raises(JobArgumentError, match=r"name must be a str, got int: 3"):
             jobs.get(name=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"idle_timeout": float("nan")}, "idle_timeout must be seconds > 0"),
+        ({"idle_timeout": -1}, "idle_timeout must be seconds > 0"),
+        ({"idle_timeout": float("inf")}, "idle_timeout must be seconds > 0"),
+        ({"output_buffering": "spill"}, "output_buffering must be 'block', 'drop' or None"),
+        ({"create": 1}, "create must be True or False"),
+    ],
+)
+def test_connect_local_checks_its_session_options_as_connect_does(
+    options: dict[str, Any], message: str
+) -> None:
+    from asyncjobs._hostclient import connect_local
+
+    with pytest.raises(JobArgumentError, match=message):
+        connect_local("s", **options)
