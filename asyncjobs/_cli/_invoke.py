@@ -5,24 +5,34 @@ output on stdout, the other streams on stderr. ``--fold`` gathers the output ins
 each distinct output once, under the hosts that produced it (dshbak -c, clush -b). A summary
 table (hosts folded by result) goes to stderr at the end, so that stdout carries only what the
 hosts printed; the exit status is the worst child's. On a terminal a status line counts the
-hosts pending, running, done and failed.
+hosts pending, running, done and failed and names the ones still waited for.
+
+Output is read from the hosts as raw chunks (``lines=False``), split and tagged here a chunk
+at a time (``bytes.replace``, not a record per line) and written in blocks (``_output.Blocks``);
+``--json`` numbers the lines as ``lines=True`` would and streams them out. Ctrl-C stops every
+host, prints the summary of what finished, failed and was stopped, and exits 130.
 
 Without ``-H`` the command runs on this machine's job host.
 """
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._lines import LineSplitter
 from ._access import CLI_SESSION, Link, Where
 from ._hosts import fold, target_text
 from ._jobs import command_arg
 from ._output import (
+    BLOCKS,
+    INTERRUPTED,
+    RecordLines,
     Result,
     Screen,
     cli_message,
@@ -30,17 +40,25 @@ from ._output import (
     host_job_json,
     local_job_json,
     record_json,
+    run_status,
+    state_counts,
+    tag_bytes,
 )
 
 if TYPE_CHECKING:
-    from rich.live import Live
-
     from .._job import Job
     from .._models import Record
     from .._targets import Target
 
 _RULE = "-" * 15
 SUMMARY_COLUMNS = ("Hosts", "Count", "State", "ExitStatus", "Reason")
+#: The status line names the hosts still waited for when there are at most this many.
+NAMED_HOSTS = 5
+#: What a host's output may hold in memory here before the host is made to wait (SSH flow
+#: control, as ``ssh host cmd | slow`` would): bounded, nothing spilled to disk.
+HOST_BUFFER = 2 << 20
+#: ``--json`` encodes a chunk this much at a time.
+_JSON_SLICE = 64 << 10
 
 #: ``--stdin`` reads the command line's stdin once, into memory, and sends it to every host:
 #: at most this much (the job host's frames, which carry it without ``-H``, hold 16 MiB).
@@ -66,43 +84,144 @@ def read_stdin() -> bytes:
     return data
 
 
-class Printer:
+class _Host:
+    """What is known of one host's output while it is followed: its tags, and for each stream
+    the unfinished line (``LineSplitter``: the same rules as ``lines=True``)."""
+
+    __slots__ = ("folded", "json", "location", "split", "tags")
+
+    def __init__(self, child: Job, *, colour: tuple[bool, bool], json: bool) -> None:
+        self.location = child.location
+        self.split = {"output": LineSplitter(), "error": LineSplitter()}
+        self.tags = {
+            "output": tag_bytes(child.location, colour=colour[0]),
+            "error": tag_bytes(child.location, colour=colour[1], error=True),
+        }
+        self.json = RecordLines(child.id, child.location) if json else None
+        self.folded = bytearray()
+
+
+class Output:
     """Where the records of an invoke go: the JSON document, the fold, or the screen."""
 
     def __init__(self, screen: Screen, result: Result, *, fold: bool) -> None:
         self.screen = screen
         self.result = result
-        self.folding = fold
-        self.folded: dict[str, list[str]] = {}
-        self.live: Live | None = None
+        self.folding = fold and not screen.json
+        self.colour = (screen.colour(), screen.colour(err=True))
+        self.hosts: list[_Host] = []
+        result.lines = screen.json_lines
 
-    def __call__(self, record: Record) -> None:
+    async def follow(self, child: Job) -> None:
+        """One host's records until it is finished and every record is read; then its last
+        unfinished lines."""
+        host = _Host(child, colour=self.colour, json=self.screen.json)
+        self.hosts.append(host)
+        try:
+            async for record in child.stream_records(streams=None):
+                self.take(host, record)
+        finally:
+            self.end(host)
+
+    def take(self, host: _Host, record: Record) -> None:
+        value = record.value
+        stream = record.stream
+        if not isinstance(value, bytes) or stream not in host.split:
+            if host.json is not None:
+                self.result.add_records(host.json.encode(stream, [value], record.time))
+            else:
+                self.screen.record(record, tag=host.location)
+            return
+        split = host.split[stream]
+        if host.json is not None:  # a slice at a time: a chunk may be 1 MiB of short lines
+            for start in range(0, len(value), _JSON_SLICE):
+                lines = split.feed(value[start : start + _JSON_SLICE])
+                self.result.add_records(host.json.encode(stream, lines, record.time))
+        elif self.folding and stream == "output":
+            host.folded += value
+        else:
+            body, cut = split.feed_body(value)
+            tag = host.tags[stream]
+            parts = []
+            if body is not None:
+                parts += [tag, body.replace(b"\n", b"\n" + tag), b"\n"]
+            for piece in cut:  # an unfinished line past _lines.MAX_LINE, in pieces
+                parts += [tag, _encoded(piece), b"\n"]
+            self._write(stream, b"".join(parts))
+
+    def end(self, host: _Host) -> None:
+        for stream, split in host.split.items():
+            tail = split.flush()
+            if tail is None:
+                continue
+            if host.json is not None:
+                self.result.add_records(host.json.encode(stream, [tail], time.time()))
+            else:
+                self._write(stream, b"".join((host.tags[stream], _encoded(tail), b"\n")))
+
+    def local(self, record: Record) -> None:
+        """A record of a job on the job host (a line already)."""
         if self.screen.json:
-            self.result.records.append(record_json(record))
+            self.result.add_record(record_json(record))
         elif self.folding and record.stream == "output":
-            from ._output import value_text
-
-            self.folded.setdefault(record.location, []).append(value_text(record.value))
-        elif self.live is not None:
-            from rich.text import Text
-
-            from ._output import value_text
-
-            style = "" if record.stream in ("output", "information") else "red"
-            line = Text(f"{record.location}: ", style="cyan")
-            line.append(value_text(record.value), style=style)
-            self.live.console.print(line)
+            key = record.location
+            for host in self.hosts:
+                if host.location == key:
+                    break
+            else:
+                host = _Host.__new__(_Host)
+                host.location, host.folded = key, bytearray()
+                self.hosts.append(host)
+            host.folded += _encoded(record.value) + b"\n"
         else:
             self.screen.record(record, tag=record.location)
 
+    def _write(self, stream: str, data: bytes) -> None:
+        BLOCKS.add(self.screen.out if stream == "output" else self.screen.err, data)
+
     def print_folded(self) -> None:
-        groups: dict[tuple[str, ...], list[str]] = {}
-        for location, lines in self.folded.items():
-            groups.setdefault(tuple(lines), []).append(location)
-        out = self.screen.out
+        if not self.folding:
+            return
+        groups: dict[bytes, list[str]] = {}
+        for host in self.hosts:
+            if host.folded:
+                groups.setdefault(bytes(host.folded), []).append(host.location)
         for output, hosts in groups.items():
-            out.write(f"{_RULE}\n{fold(hosts)} ({len(hosts)})\n{_RULE}\n")
-            out.write("".join(f"{line}\n" for line in output))
+            head = f"{_RULE}\n{fold(hosts)} ({len(hosts)})\n{_RULE}\n".encode()
+            end = b"" if output.endswith(b"\n") else b"\n"
+            BLOCKS.add(self.screen.out, head + output + end)
+        BLOCKS.flush()
+
+
+def _encoded(line: Any) -> bytes:
+    return line if isinstance(line, bytes) else str(line).encode("utf-8", "surrogateescape")
+
+
+@contextmanager
+def _interrupts() -> Iterator[anyio.Event]:
+    """Ctrl-C (SIGINT) sets the event instead of raising: the caller stops the work and
+    reports; a second Ctrl-C raises ``KeyboardInterrupt`` as usual."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    event = anyio.Event()
+
+    def interrupted() -> None:
+        if event.is_set():
+            loop.remove_signal_handler(signal.SIGINT)
+            raise KeyboardInterrupt
+        event.set()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+        yield event
+        return
+    try:
+        yield event
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 async def invoke_remote(
@@ -120,8 +239,9 @@ async def invoke_remote(
 ) -> None:
     """A fan-out (``JobManager.invoke``): a parent job with one child per host."""
     from .._manager import JobManager
+    from .._models import Buffer
 
-    printer = Printer(screen, result, fold=folding)
+    output = Output(screen, result, fold=folding)
     t0 = time.monotonic()
     async with JobManager() as jobs:
         parent = await jobs.invoke(
@@ -130,21 +250,43 @@ async def invoke_remote(
             throttle_limit=throttle,
             on_failure="fail_fast" if fail_fast else "continue",
             timeout=timeout,
+            buffer=Buffer(max_items=None, max_bytes=HOST_BUFFER, mode="block"),
+            lines=False,
             input=input,
             **ssh_options,
         )
-        async with _status(screen, printer, lambda: _child_states(parent)):
-            async for record in parent.stream_records(streams=None):
-                printer(record)
+        children = parent.children
+
+        async def stop_on(interrupt: anyio.Event) -> None:
+            await interrupt.wait()
+            with anyio.CancelScope(shield=True):
+                await parent.stop()
+
+        with _interrupts() as interrupt:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(run_status, screen, lambda: _status_text(children, t0))
+                    tg.start_soon(stop_on, interrupt)
+                    async with anyio.create_task_group() as readers:
+                        for child in children:
+                            readers.start_soon(output.follow, child)
+                    tg.cancel_scope.cancel()
+            finally:
+                BLOCKS.flush()
         await parent.wait()
     elapsed = time.monotonic() - t0
     result.jobs.append(local_job_json(parent))
-    result.exit_status = max(
-        (exit_code(c.state, c.exit_status) for c in parent.children), default=0
-    )
+    result.exit_status = _exit_status(children)
+    if interrupt.is_set():
+        result.exit_status = INTERRUPTED
     if not screen.json:
-        printer.print_folded()
-        _summary(screen, parent.children, elapsed)
+        output.print_folded()
+        _summary(screen, children, elapsed, interrupted=interrupt.is_set())
+
+
+def _exit_status(children: Sequence[Job]) -> int:
+    """The worst child's exit status."""
+    return max((exit_code(c.state, c.exit_status) for c in children), default=0)
 
 
 async def invoke_local(
@@ -158,20 +300,38 @@ async def invoke_local(
 ) -> None:
     """Invoke-Command without a host: the command runs on this machine's job host, its
     output is followed, and the job is removed once it is received."""
-    printer = Printer(screen, result, fold=folding)
+    output = Output(screen, result, fold=folding)
     host = Link(Where())
     t0 = time.monotonic()
+    import os
+
     async with host.session(CLI_SESSION, patient=True) as s:
-        info = await s.jobs.start_command(command_arg(argv), input=input)
-    states = {"state": info.state.value}
+        # Here, with this environment, as a local start (see ``_jobs.start``).
+        info = await s.jobs.start_command(
+            command_arg(argv), input=input, cwd=os.getcwd(), env=dict(os.environ)
+        )
+    location = info.location
     try:
-        async with host.session() as s, _status(screen, printer, lambda: [states["state"]]):
-            with anyio.move_on_after(timeout) as scope:
-                async for record in s.jobs.stream_records(info.id, streams=None):
-                    printer(record)
+        with _interrupts() as interrupt:
+            try:
+                async with host.session() as s, anyio.create_task_group() as tg:
+                    status = f"running 1  {{:.1f}} s  waiting for {location}"
+                    tg.start_soon(run_status, screen, lambda: status.format(time.monotonic() - t0))
+                    with anyio.move_on_after(timeout) as scope:
+
+                        async def cancel_on(interrupt: anyio.Event) -> None:
+                            await interrupt.wait()
+                            scope.cancel()
+
+                        tg.start_soon(cancel_on, interrupt)
+                        async for record in s.jobs.stream_records(info.id, streams=None):
+                            output.local(record)
+                    tg.cancel_scope.cancel()
+            finally:
+                BLOCKS.flush()
         # A fresh session: a read cut off by the timeout may have left that one mid-frame.
         async with host.session() as s:
-            if scope.cancelled_caught:
+            if scope.cancel_called:
                 await s.jobs.stop(info.id)
             info = await s.jobs.job(info.id)
             await s.jobs.remove(info.id, force=True)
@@ -181,57 +341,89 @@ async def invoke_local(
                 await s.jobs.remove(info.id, force=True)
         raise
     result.jobs.append(host_job_json(info))
-    result.exit_status = exit_code(info.state, info.exit_status)
+    result.exit_status = (
+        INTERRUPTED if interrupt.is_set() else exit_code(info.state, info.exit_status)
+    )
     if not screen.json:
-        printer.print_folded()
+        output.print_folded()
         _summary_rows(
             screen,
             [(info.location, info.state.value, info.exit_status, info.reason)],
             time.monotonic() - t0,
+            interrupted=interrupt.is_set(),
+            command=info.command,
         )
 
 
-def _child_states(parent: Job) -> list[str]:
-    return [child.state.value for child in parent.children]
+def _status_text(children: Sequence[Job], t0: float) -> str:
+    """``pending 0  running 2  done 9  failed 1  3.2 s  waiting for web03 web07``: the hosts
+    still pending or running by name when they are few, else folded."""
+    states = [c.state.value for c in children]
+    waiting = [c.location for c in children if not c.state.is_finished]
+    text = f"{state_counts(states)}  {time.monotonic() - t0:.1f} s"
+    if waiting:
+        names = " ".join(waiting) if len(waiting) <= NAMED_HOSTS else fold(waiting)
+        text += f"  waiting for {names}"
+    return text
 
 
-@asynccontextmanager
-async def _status(
-    screen: Screen, printer: Printer, states: Callable[[], list[str]]
-) -> AsyncIterator[None]:
-    """On a terminal, a status line under the output: hosts pending, running, done, failed
-    (redrawn by a task of ours, not rich's refresh thread)."""
-    if not screen.live:
-        yield
-        return
-    from rich.live import Live
-    from rich.text import Text
+# -- the summary ------------------------------------------------------------------------------
 
-    from ._jobs import _counts
-
-    t0 = time.monotonic()
-
-    def status() -> Text:
-        return Text(f"{_counts(states())}  {time.monotonic() - t0:.1f} s", style="dim")
-
-    with Live(status(), console=screen.console, auto_refresh=False, transient=True) as live:
-        printer.live = live
-        async with anyio.create_task_group() as tg:
-
-            async def redraw() -> None:
-                while True:
-                    live.update(status(), refresh=True)
-                    await anyio.sleep(0.1)
-
-            tg.start_soon(redraw)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
-                printer.live = None
+#: The host a reason begins with, as the remote runner writes it: ``host web01:22: ...`` or
+#: ``host web01 (ops@10.0.0.1:2222): ...``.
+_WHERE = re.compile(r"host (\S+?)(?: \(([^()]*)\))?: ")
 
 
-def _summary(screen: Screen, children: Sequence[Job], elapsed: float) -> None:
+def _names(where: str) -> tuple[set[str], set[str]]:
+    """The names (``user@host:port``, ``host:port``, ``host``) and port of a host as written."""
+    names = {where}
+    ports: set[str] = set()
+    rest, colon, port = where.rpartition(":")
+    if colon and port.isdigit() and (not rest.startswith("[") or rest.endswith("]")):
+        names.add(rest)
+        ports.add(port)
+        where = rest
+    _, at, bare = where.rpartition("@")
+    if at:
+        names.add(bare)
+    names.add(bare.strip("[]"))
+    names.discard("")
+    return names, ports
+
+
+def reason_key(location: str, reason: str | None, command: str = "") -> tuple[str, str]:
+    """A reason for grouping hosts: without the ``host X: `` it begins with, and with every
+    other mention of the host's own name, user, address or port as ``<host>`` / ``<port>``
+    (the key; the ``command``, quoted as the reason quotes it, is left as it is); and as shown
+    for that host alone (the reason without its beginning)."""
+    if not reason:
+        return "", ""
+    names, ports = _names(location)
+    text = reason
+    where = _WHERE.match(text)
+    if where is not None:
+        text = text[where.end() :]
+        for spelled in where.groups():
+            if spelled:
+                more_names, more_ports = _names(spelled)
+                names |= more_names
+                ports |= more_ports
+    quoted = repr(command) if command else None
+    pieces = text.split(quoted) if quoted else [text]
+    if names:
+        spelled = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        host = re.compile(rf"(?<![\w.@-])(?:[\w.-]+@)?(?:{spelled})(?![\w-]|\.\w)")
+        pieces = [host.sub("<host>", p) for p in pieces]
+    if ports:
+        spelled = "|".join(map(re.escape, ports))
+        port = re.compile(rf"(?:(?<=:)|(?<=-p )|(?<=port ))(?:{spelled})\b")
+        pieces = [port.sub("<port>", p) for p in pieces]
+    return (quoted or "").join(pieces), text
+
+
+def _summary(
+    screen: Screen, children: Sequence[Job], elapsed: float, *, interrupted: bool = False
+) -> None:
     rows = [
         (
             c.location,
@@ -241,24 +433,39 @@ def _summary(screen: Screen, children: Sequence[Job], elapsed: float) -> None:
         )
         for c in children
     ]
-    _summary_rows(screen, rows, elapsed)
+    command = children[0].command if children else ""
+    _summary_rows(screen, rows, elapsed, interrupted=interrupted, command=command)
 
 
 def _summary_rows(
-    screen: Screen, rows: Sequence[tuple[str, str, int | None, str | None]], elapsed: float
+    screen: Screen,
+    rows: Sequence[tuple[str, str, int | None, str | None]],
+    elapsed: float,
+    *,
+    interrupted: bool = False,
+    command: str = "",
 ) -> None:
-    """The hosts folded by result (state, exit status, reason), on stderr, then the totals."""
-    groups: dict[tuple[str, int | None, str | None], list[str]] = {}
+    """The hosts folded by result (state, exit status, reason without the host), on stderr,
+    then the totals."""
+    groups: dict[tuple[str, int | None, str], tuple[list[str], str]] = {}
     for location, state, status, reason in rows:
-        groups.setdefault((state, status, reason), []).append(location)
+        key, shown = reason_key(location, reason, command)
+        groups.setdefault((state, status, key), ([], shown))[0].append(location)
     table = [
-        [fold(hosts), str(len(hosts)), state, "-" if status is None else str(status), reason or ""]
-        for (state, status, reason), hosts in groups.items()
+        [
+            fold(hosts),
+            str(len(hosts)),
+            state,
+            "-" if status is None else str(status),
+            shown if len(hosts) == 1 else key,
+        ]
+        for (state, status, key), (hosts, shown) in groups.items()
     ]
-    screen.table(SUMMARY_COLUMNS, table, err=True)
+    screen.table(SUMMARY_COLUMNS, table, err=True, flexible=("Reason",))
     tally: dict[str, int] = {}
     for _, state, _, _ in rows:
         tally[state] = tally.get(state, 0) + 1
     counts = ", ".join(f"{n} {state.lower()}" for state, n in tally.items())
     plural = "s" if len(rows) != 1 else ""
-    screen.write(f"{len(rows)} host{plural}: {counts} in {elapsed:.2f} s", err=True)
+    end = "; interrupted" if interrupted else ""
+    screen.write(f"{len(rows)} host{plural}: {counts} in {elapsed:.2f} s{end}", err=True)

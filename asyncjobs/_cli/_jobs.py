@@ -16,16 +16,21 @@ import anyio
 from .._errors import AsyncJobsError
 from ._access import CLI_SESSION, Where, link
 from ._output import (
+    BLOCKS,
     JOB_COLUMNS,
+    JOB_FLEXIBLE,
     SESSION_COLUMNS,
+    SESSION_FLEXIBLE,
     Result,
     Screen,
     exit_code,
     host_job_json,
     job_rows,
     record_json,
+    run_status,
     session_json,
     session_rows,
+    state_counts,
 )
 
 if TYPE_CHECKING:
@@ -44,7 +49,7 @@ def command_arg(argv: Sequence[str]) -> str | list[str]:
 def show_jobs(screen: Screen, result: Result, jobs: list[dict[str, Any]]) -> None:
     result.jobs.extend(jobs)
     if not screen.json:
-        screen.table(JOB_COLUMNS, job_rows(jobs))
+        screen.table(JOB_COLUMNS, job_rows(jobs), flexible=JOB_FLEXIBLE)
 
 
 async def start(
@@ -88,14 +93,18 @@ async def receive(
     follows the job until it is finished and sets the exit status from it."""
     async with link(where) as host, host.session() as s:
         await s.jobs.job(job_id)  # an unknown id fails here, before anything is printed
-        if not wait:
-            for record in await s.jobs.receive_records(job_id, keep=keep):
-                _emit(screen, result, record)
-        elif keep:
-            await _follow_keeping(screen, result, s.jobs, job_id)
-        else:
-            async for record in s.jobs.stream_records(job_id, streams=None):
-                _emit(screen, result, record)
+        result.lines = screen.json_lines
+        try:
+            if not wait:
+                for record in await s.jobs.receive_records(job_id, keep=keep):
+                    _emit(screen, result, record)
+            elif keep:
+                await _follow_keeping(screen, result, s.jobs, job_id)
+            else:
+                async for record in s.jobs.stream_records(job_id, streams=None):
+                    _emit(screen, result, record)
+        finally:
+            BLOCKS.flush()
         info = await s.jobs.job(job_id)
     result.jobs.append(host_job_json(info))
     if wait:
@@ -103,8 +112,9 @@ async def receive(
 
 
 def _emit(screen: Screen, result: Result, record: Record) -> None:
-    if screen.json:
-        result.records.append(record_json(record))
+    """A record: streamed into the ``--json`` document, or on the screen (in blocks)."""
+    if screen.json or screen.json_lines:
+        result.add_record(record_json(record))
     else:
         screen.record(record)
 
@@ -157,38 +167,27 @@ async def wait(
 async def _wait_showing(
     screen: Screen, jobs: HostJobs, job_ids: Sequence[int], *, any: bool, timeout: float | None
 ) -> list[HostJobInfo]:
-    """``wait`` on a terminal: the same wait in short slices, a count of states between."""
-    from rich.live import Live
-    from rich.text import Text
-
+    """``wait`` on a terminal: the same wait in short slices, a status line counting the jobs'
+    states (redrawn at most ten times a second, erased at the end)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     t0 = time.monotonic()
-    with Live(console=screen.console, auto_refresh=False, transient=True) as live:
+    counts = state_counts(["Running"] * len(job_ids))
+
+    def status() -> str:
+        return f"waiting for {len(job_ids)} jobs: {counts}  {time.monotonic() - t0:.0f} s"
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_status, screen, status)
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             step = 0.25 if left is None else min(0.25, left)
             done = await jobs.wait(*job_ids, any=any, timeout=step)
             if (done and (any or len(done) == len(job_ids))) or left == 0:
-                return done
+                break
             infos = [await jobs.job(j) for j in job_ids]
-            counts = _counts(info.state.value for info in infos)
-            elapsed = time.monotonic() - t0
-            live.update(Text(f"waiting for {len(job_ids)} jobs: {counts}  {elapsed:.0f} s"))
-            live.refresh()
-
-
-def _counts(states: Any) -> str:
-    tally = {"pending": 0, "running": 0, "done": 0, "failed": 0}
-    for state in states:
-        if state == "NotStarted":
-            tally["pending"] += 1
-        elif state == "Completed":
-            tally["done"] += 1
-        elif state in ("Failed", "Stopped"):
-            tally["failed"] += 1
-        else:
-            tally["running"] += 1
-    return "  ".join(f"{k} {v}" for k, v in tally.items())
+            counts = state_counts(info.state.value for info in infos)
+        tg.cancel_scope.cancel()
+    return done
 
 
 async def stop(screen: Screen, result: Result, where: Where, job_ids: Sequence[int]) -> None:
@@ -255,4 +254,4 @@ def _named(sessions: Sequence[Any], name: str) -> Any:
 def _show_sessions(screen: Screen, result: Result, sessions: list[dict[str, Any]]) -> None:
     result.sessions.extend(sessions)
     if not screen.json:
-        screen.table(SESSION_COLUMNS, session_rows(sessions))
+        screen.table(SESSION_COLUMNS, session_rows(sessions), flexible=SESSION_FLEXIBLE)
