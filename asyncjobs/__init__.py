@@ -20,6 +20,7 @@ from ._errors import JobStopped as JobStopped
 from ._errors import NoSuchJob as NoSuchJob
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
+from ._errors import SpillError as SpillError
 from ._models import STREAMS as STREAMS
 from ._models import Buffer as Buffer
 from ._models import BufferStatistics as BufferStatistics
@@ -60,6 +61,7 @@ __all__ = [
     "RemoteTimings",
     "Session",
     "SessionInfo",
+    "SpillError",
     "StateChange",
     "connect",
     "connect_local",

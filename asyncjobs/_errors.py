@@ -130,3 +130,10 @@ def map_os_errors(subject: str, fix: str = "") -> Iterator[None]:
         ) from exc
     except OSError as exc:
         raise CommandFailed(f"{subject}: {exc.strerror or exc}") from exc
+
+
+class SpillError(AsyncJobsError, OSError):
+    """A job's records could not be spilled to disk (or read back): an ``OSError`` with the
+    ``errno`` of the cause (``ENOSPC`` for a full disk), whose message names the job, the
+    directory and what to do. It is the reason of the job that failed of it, and its error
+    record."""

@@ -26,9 +26,9 @@ from typing import Any, Final, final
 import anyio
 
 from . import _checks as checks
-from ._errors import JobStateError
+from ._errors import JobStateError, SpillError
 from ._models import STREAMS, Buffer, BufferStatistics, Record, StreamName
-from ._spill import SpillError, SpillFile
+from ._spill import SpillFile
 
 _ALL: Final = frozenset(STREAMS)
 

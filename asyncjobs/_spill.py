@@ -22,17 +22,10 @@ from array import array
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, Final
 
-from ._errors import AsyncJobsError
+from ._errors import SpillError as SpillError
 
 _PINNED: Final = -1  # start offset marker: this record could not be pickled and stays in memory
 _READ_CHUNK: Final = 4096  # records per file read
-
-
-class SpillError(AsyncJobsError, OSError):
-    """A job's records could not be spilled to disk (or read back): an ``OSError`` with the
-    ``errno`` of the cause (``ENOSPC`` for a full disk), whose message names the job, the
-    directory and what to do. It is the reason of the job that failed of it, and its error
-    record."""
 
 
 class SpillFile:
