@@ -441,3 +441,19 @@ async def test_the_api_parent_of_a_fail_fast_fan_out(ssh_hosts: TestHosts) -> No
         assert str(child.reason) == f"stopped because {failed.location} failed (fail-fast)"
         changes = [change async for change in child.state_changes()]
         assert changes[-1].reason is child.reason  # the last change says why, too
+
+
+def test_the_in_use_advice_keeps_what_the_host_says_about_the_holder() -> None:
+    from asyncjobs._cli._access import Where, in_use
+    from asyncjobs._targets import Target
+
+    named = in_use(
+        "session 'held' is in use by another connection: pid 4242 (python3 build.py) since "
+        "10:41:07; it is free again when that program disconnects or exits",
+        Where(Target("web1", 2222, "ops")),
+    )
+    assert named.startswith(
+        "session 'held' is in use by another connection: pid 4242 (python3 build.py) since "
+        "10:41:07; it is left disconnected"
+    )
+    assert "a Python program's" not in named and "'asyncjobs get -H web1:2222'" in named

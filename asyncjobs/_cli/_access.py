@@ -131,10 +131,14 @@ def in_use(refusal: str, where: Where) -> str:
     the command line: who holds it (as far as the host says), that it frees itself when that
     program lets go, how to take it over, and that its jobs need no session meanwhile."""
     who = refusal.split("; ", 1)[0]  # the host's fix ("disconnect it first") is no use here
+    if "pid " not in who:  # the host did not say which program: say what it can be
+        who += (
+            " (a program attached to it: a Python program's connect_local(name=...) or "
+            "connect(host, name=...), or another asyncjobs command)"
+        )
     host = "" if where.target is None else f" -H {where.target.location}"
     return (
-        f"{who} (a program attached to it: a Python program's connect_local(name=...) or "
-        "connect(host, name=...), or another asyncjobs command); it is left disconnected, "
+        f"{who}; it is left disconnected, "
         "its jobs running, when that program disconnects or exits: wait for that and try "
         "again, or end that program to take the session over. Its jobs need no session: "
         f"'asyncjobs get{host}' lists them, 'asyncjobs receive ID{host}' and "
