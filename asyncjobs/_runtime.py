@@ -96,7 +96,26 @@ def install_script(runtime: Runtime) -> str:
     )
 
 
+#: Runs a module of the runtime zip (``argv[1]``) in an isolated Python (``-I``): the zip is put
+#: on ``sys.path`` by hand, not through ``PYTHONPATH``, so the user's ``PYTHONPATH`` and user site
+#: cannot shadow the runtime's packages, and the environment stays the user's for what the bridge
+#: starts (the job host, and so every job there). ``-I`` also keeps the directory the shell runs
+#: in off ``sys.path``.
+BOOT: Final = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+
+
+def _quote(word: str) -> str:
+    return "'" + word.replace("'", "'\\''") + "'"
+
+
+def boot_argv(python: str, path: str, module: str, *args: str) -> list[str]:
+    """The argv that runs ``python -m module args`` with only the runtime zip ``path`` added."""
+    return [python, "-I", "-c", BOOT, path, module, *args]
+
+
 def bridge_command(path: str) -> str:
     """Run the bridge to the host's job host from the installed runtime."""
-    quoted = "'" + path.replace("'", "'\\''") + "'"
-    return f"PYTHONPATH={quoted} exec python3 -m asyncjobs._bridge"
+    return "exec " + " ".join(_quote(w) for w in boot_argv("python3", path, "asyncjobs._bridge"))
