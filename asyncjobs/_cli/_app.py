@@ -124,24 +124,43 @@ def invoke(
 @cli.command(context_settings=COMMAND)
 @click.option("--name", "-n", metavar="NAME", help="The job's name (default JobN).")
 @click.option("--session", metavar="NAME", help="The job host session to start it in (cli).")
+@click.option("--cwd", metavar="DIR", help="Run it in DIR (default: here; with -H: the home).")
+@click.option(
+    "--env",
+    "env",
+    multiple=True,
+    metavar="K=V",
+    help="Set K to V for it (repeatable), over this environment (with -H: the host's).",
+)
 @host_option
 @ssh_options
 @common
 @click.argument("command", nargs=-1, required=True)
 def start(
-    name: str | None, session: str | None, host: str | None, command: tuple[str, ...], **ssh: Any
+    name: str | None,
+    session: str | None,
+    cwd: str | None,
+    env: tuple[str, ...],
+    host: str | None,
+    command: tuple[str, ...],
+    **ssh: Any,
 ) -> None:
     """Start a job and return at once (Start-Job); prints the job.
 
-    One word is a shell command line, more are a program and its arguments.
+    One word is a shell command line, more are a program and its arguments. It runs here,
+    with this environment, as nohup would (with -H: as ssh would run it there).
 
     \b
       asyncjobs start --name build -- make -j8
       asyncjobs start -- 'sleep 60; echo done'
     """
+    from ._jobs import env_overrides, job_directory
     from ._jobs import start as body
 
-    run_on("start", body, host, ssh, command, name=name, session=session)
+    overrides = env_overrides(env)
+    directory = job_directory(cwd, remote=host is not None)
+    run_on("start", body, host, ssh, command, name=name, session=session, cwd=directory,
+           env=overrides)  # fmt: skip
 
 
 @cli.command()

@@ -7,6 +7,7 @@ and runs them.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 #: ``wait`` and ``--timeout`` ran out before the jobs finished (as ``timeout(1)`` says it).
 TIMED_OUT = 124
+#: What ``--env`` accepts as a variable name (POSIX: letters, digits, ``_``; no digit first).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def command_arg(argv: Sequence[str]) -> str | list[str]:
@@ -52,6 +55,39 @@ def show_jobs(screen: Screen, result: Result, jobs: list[dict[str, Any]]) -> Non
         screen.table(JOB_COLUMNS, job_rows(jobs), flexible=JOB_FLEXIBLE)
 
 
+def env_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    """``--env K=V`` options as a mapping (the last one of a name wins); a malformed one is a
+    usage error naming it."""
+    import click
+
+    overrides: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key or not _NAME.fullmatch(key) or "\0" in value:
+            raise click.BadParameter(
+                f"{pair!r} is not K=V (a variable name, '=', then its value, maybe empty)",
+                param_hint="'--env'",
+            )
+        overrides[key] = value
+    return overrides
+
+
+def job_directory(cwd: str | None, *, remote: bool) -> str | None:
+    """``--cwd``: here, an existing directory (relative to this one), made absolute; with
+    ``-H`` a path on that host, left for its job host to check."""
+    if remote or cwd is None:
+        return cwd
+    import os
+
+    import click
+
+    path = os.path.abspath(cwd)
+    if not os.path.isdir(path):
+        problem = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise click.BadParameter(f"{path!r} {problem}", param_hint="'--cwd'")
+    return path
+
+
 async def start(
     screen: Screen,
     result: Result,
@@ -60,10 +96,22 @@ async def start(
     *,
     name: str | None,
     session: str | None,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> None:
-    """Start-Job on the host; returns once the job runs."""
+    """Start-Job on the host; returns once the job runs. On this machine it runs where and
+    with what the caller has (its directory, its whole environment), as ``nohup`` would;
+    ``cwd`` and ``env`` say otherwise. On a remote job host it runs as ``ssh`` would run it
+    there (the user's home and environment), ``cwd`` and ``env`` applied to that."""
+    import os
+
+    if where.target is None:
+        cwd = cwd or os.getcwd()
+        # Sent whole: the job host adds it to its own environment (which is whatever the
+        # program that first started the host had), so the caller's values win.
+        env = {**os.environ, **(env or {})}
     async with link(where) as host, host.session(session or CLI_SESSION, patient=True) as s:
-        info = await s.jobs.start_command(command_arg(argv), name=name)
+        info = await s.jobs.start_command(command_arg(argv), name=name, cwd=cwd, env=env or None)
     show_jobs(screen, result, [host_job_json(info)])
 
 
