@@ -391,6 +391,22 @@ def test_output_to_a_file_is_written_in_blocks(named: Named, hostdir: Path, tmp_
     assert done.cpu < 4.0, f"{done.cpu:.2f} s of CPU for 600,000 lines"
 
 
+def test_a_reader_that_stops_early_ends_it_quietly(named: Named, hostdir: Path) -> None:
+    """``asyncjobs invoke ... | head -2``: the blocks after the reader left end the command
+    with 141 (as a shell reports SIGPIPE), the remote commands stopped, nothing logged."""
+    argv = [sys.executable, "-m", "asyncjobs", "invoke", "-H", "web[01-03]", *named.args, "--",
+            "seq 1 300000"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    assert proc.stdout is not None and proc.stderr is not None
+    first = [proc.stdout.readline() for _ in range(2)]
+    proc.stdout.close()  # what head does once it has its lines
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 141, err
+    assert all(re.match(rb"web0[1-3]: [12]\n$", line) for line in first), first
+    assert b"Traceback" not in err and b"Exception" not in err, err
+
+
 def test_terminal_output_is_fast_and_the_status_line_bounded(named: Named, hostdir: Path) -> None:
     """On a terminal the same lines come through whole, and the status line is redrawn at
     most ten times a second, whatever the rate of lines."""

@@ -55,8 +55,11 @@ SUMMARY_COLUMNS = ("Hosts", "Count", "State", "ExitStatus", "Reason")
 #: The status line names the hosts still waited for when there are at most this many.
 NAMED_HOSTS = 5
 #: What a host's output may hold in memory here before the host is made to wait (SSH flow
-#: control, as ``ssh host cmd | slow`` would): bounded, nothing spilled to disk.
+#: control, as ``ssh host cmd | slow`` would): bounded, nothing spilled to disk; less per host
+#: when there are many (``ALL_HOSTS_BUFFER`` in all), never under ``MIN_HOST_BUFFER``.
 HOST_BUFFER = 2 << 20
+ALL_HOSTS_BUFFER = 256 << 20
+MIN_HOST_BUFFER = 256 << 10
 #: ``--json`` encodes a chunk this much at a time.
 _JSON_SLICE = 64 << 10
 
@@ -250,7 +253,7 @@ async def invoke_remote(
             throttle_limit=throttle,
             on_failure="fail_fast" if fail_fast else "continue",
             timeout=timeout,
-            buffer=Buffer(max_items=None, max_bytes=HOST_BUFFER, mode="block"),
+            buffer=Buffer(max_items=None, max_bytes=_host_buffer(len(targets)), mode="block"),
             lines=False,
             input=input,
             **ssh_options,
@@ -282,6 +285,10 @@ async def invoke_remote(
     if not screen.json:
         output.print_folded()
         _summary(screen, children, elapsed, interrupted=interrupt.is_set())
+
+
+def _host_buffer(hosts: int) -> int:
+    return max(MIN_HOST_BUFFER, min(HOST_BUFFER, ALL_HOSTS_BUFFER // max(hosts, 1)))
 
 
 def _exit_status(children: Sequence[Job]) -> int:

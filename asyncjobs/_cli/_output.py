@@ -15,6 +15,7 @@ at most ten times a second; nothing is ever wrapped or re-coloured by us.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -323,9 +324,12 @@ class Blocks:
         self._parts: list[tuple[TextIO, bytearray]] = []
         self._size = 0
         self._scheduled = False
+        self._broken: OSError | None = None  # a write failed (EPIPE: ``| head``): raised on
         self.status: StatusLine | None = None
 
     def add(self, stream: TextIO, data: bytes) -> None:
+        if self._broken is not None:
+            raise self._broken
         parts = self._parts
         if parts and parts[-1][0] is stream:
             parts[-1][1].extend(data)
@@ -338,25 +342,38 @@ class Blocks:
             import asyncio
 
             try:
-                asyncio.get_running_loop().call_soon(self.flush)
+                asyncio.get_running_loop().call_soon(self._flush_later)
             except RuntimeError:  # no event loop: now
                 self.flush()
                 return
             self._scheduled = True
 
+    def _flush_later(self) -> None:
+        """``flush`` from the event loop: a failed write is kept and raised by the next ``add``
+        or ``flush``, in the task that writes (an error in a loop callback would only be
+        logged, once per block)."""
+        with contextlib.suppress(OSError):  # kept in _broken
+            self.flush()
+
     def flush(self) -> None:
         self._scheduled = False
+        if self._broken is not None:
+            raise self._broken
         if not self._parts:
             return
         parts, self._parts, self._size = self._parts, [], 0
-        if self.status is not None:
-            self.status.erase()
-        for stream, data in parts:
-            fd = _fileno(stream)
-            if fd is None:
-                stream.write(data.decode("utf-8", "replace"))
-            else:
-                write_all(fd, data)
+        try:
+            if self.status is not None:
+                self.status.erase()
+            for stream, data in parts:
+                fd = _fileno(stream)
+                if fd is None:
+                    stream.write(data.decode("utf-8", "replace"))
+                else:
+                    write_all(fd, data)
+        except OSError as exc:
+            self._broken = exc
+            raise
 
     def draw_status(self, text: str) -> None:
         """Draw the status line under what has been written."""
