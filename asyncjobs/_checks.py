@@ -220,10 +220,16 @@ def stream_names(value: Iterable[str] | None, what: str = "streams") -> list[str
 
 
 def session_options(
-    name: str | None, idle_timeout: object, output_buffering: object, create: object
+    name: str | None,
+    idle_timeout: object,
+    output_buffering: object,
+    create: object,
+    *,
+    observer: bool = False,
 ) -> dict[str, Any]:
     """The job host session arguments of ``connect`` and ``connect_local``, checked before
-    anything connects (the host would refuse them, naming nothing the user wrote)."""
+    anything connects (the host would refuse them, naming nothing the user wrote). With
+    ``observer``, no name and ``create=False`` is a connection that only looks (no session)."""
     if name is not None and (not isinstance(name, str) or not name):
         raise JobArgumentError(f"name must be a non-empty str or None, got {name!r}")
     if idle_timeout is not None and (
@@ -238,6 +244,6 @@ def session_options(
         )
     if not isinstance(create, bool):
         raise JobArgumentError(f"create must be True or False, got {create!r}")
-    if not create and name is None:
+    if not create and name is None and not observer:
         raise JobArgumentError("create=False needs the name= of an existing session")
     return {"create": create, "idle_timeout": idle_timeout, "output_buffering": output_buffering}

@@ -683,7 +683,7 @@ def connect_local(
     ``idle_timeout`` (seconds a disconnected session waits before its jobs are stopped) and
     ``output_buffering`` (``"block"`` or ``"drop"`` while disconnected) apply to a new session.
     """
-    checks.session_options(name, idle_timeout, output_buffering, create)
+    checks.session_options(name, idle_timeout, output_buffering, create, observer=True)
     return Opener(
         lambda: _open_local(name, directory, idle_timeout, output_buffering, create),
         HostSession.disconnect,

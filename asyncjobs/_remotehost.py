@@ -20,7 +20,7 @@ from ._errors import AsyncJobsError
 from ._hostclient import HostConnection, HostSession, open_host_session
 from ._protocol import SessionInfo
 from ._runtime import bridge_command, build_runtime, check_script, install_script
-from ._ssh import map_ssh_errors, open_connection
+from ._ssh import map_ssh_errors, open_connection, where_of
 
 if TYPE_CHECKING:
     from ._ssh import Session
@@ -158,7 +158,7 @@ class RemoteHostConnection:
 async def remote_sessions(target: Target, options: dict[str, Any]) -> list[SessionInfo]:
     """``get_sessions(host)``: the sessions of that host's job host."""
     conn, _ = await open_connection(target, options)
-    where = f"host {target.host}:{target.port or 22}"
+    where = where_of(conn, target)  # the user, address and port actually used
     try:
         host = await open_bridge(conn, where, target.location, name=None, create=False)
         try:

@@ -54,7 +54,8 @@ class Run:
         """The ``--json`` document, checked against the one schema."""
         doc: dict[str, Any] = json.loads(self.out)
         assert set(doc) == DOC_KEYS and doc["schema"] == "asyncjobs-cli/1", doc
-        assert doc["ok"] is (doc["error"] is None) and doc["exit_status"] == self.rc
+        assert doc["ok"] is (self.rc == 0) and doc["exit_status"] == self.rc, doc
+        assert doc["error"] is None or not doc["ok"], doc
         for job in doc["jobs"]:
             assert set(job) == JOB_KEYS, job
         for record in doc["records"]:

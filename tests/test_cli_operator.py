@@ -321,11 +321,6 @@ def test_fail_fast_stops_the_others_and_tells_failed_from_stopped(home: Home) ->
     assert "exited with status 3" in parent["reason"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs asyncjobs/_cli/_invoke.py to take the exit status of the first failure "
-    "(the parent's exit_status) under --fail-fast instead of the worst host's (143 for stopped)",
-)
 def test_fail_fast_exits_with_the_first_failures_status(home: Home) -> None:
     command = FAIL_ON_FIRST.format(port=home.port(1))
     assert home.run("invoke", "-H", "web[01-03]", "--fail-fast", "--", command).rc == 3

@@ -51,10 +51,10 @@ def _size(fd: int) -> tuple[int, int]:
 async def enter(
     screen: Screen, result: Result, target: Target, ssh_options: dict[str, Any]
 ) -> None:
-    from .._ssh import map_ssh_errors, open_connection
+    from .._ssh import map_ssh_errors, open_connection, where_of
 
     conn, _ = await open_connection(target, ssh_options)
-    where = f"host {target.host}:{target.port or 22}"
+    where = where_of(conn, target)  # the user, address and port actually used
     try:
         stdin = sys.stdin.fileno()
         interactive = os.isatty(stdin)

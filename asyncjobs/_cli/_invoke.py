@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._lines import LineSplitter
+from .._state import JobState
 from ._access import CLI_SESSION, Link, Where
 from ._hosts import fold, target_text
 from ._jobs import command_arg
@@ -280,6 +281,8 @@ async def invoke_remote(
     elapsed = time.monotonic() - t0
     result.jobs.append(local_job_json(parent))
     result.exit_status = _exit_status(children)
+    if fail_fast and parent.state is JobState.FAILED:  # the first real failure's, not 143
+        result.exit_status = exit_code(parent.state, parent.exit_status)
     if interrupt.is_set():
         result.exit_status = INTERRUPTED
     if not screen.json:
