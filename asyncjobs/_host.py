@@ -45,8 +45,10 @@ from ._hostdir import (
     ENV_IDLE,
     LOCK,
     STORE,
+    describe_process,
     ensure_private_dir,
     host_dir,
+    peer_pid,
     peer_uid,
     report_ready,
     socket_path,
@@ -224,6 +226,18 @@ def _held_by(output_buffering: str) -> Literal["block", "drop"] | None:
     return "drop" if output_buffering == "drop" else None
 
 
+def _over_ssh(pid: int) -> str:
+    """``, over SSH from ADDR`` when ``pid`` is a bridge of a controller on another machine
+    (its environment names the SSH connection), else ""."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    except OSError:
+        return ""
+    connection = env.get(b"SSH_CONNECTION", b"").split()
+    return f", over SSH from {connection[0].decode(errors='replace')}" if connection else ""
+
+
 def _log(message: str) -> None:
     """A line in host.log (the host's stderr); a full disk must not make it fail."""
     with contextlib.suppress(OSError, ValueError):
@@ -303,6 +317,7 @@ class _Session:
     changed: anyio.Event = attrs.field(factory=anyio.Event)
     #: What its connection took and has not acknowledged, by the id of the take request.
     leases: dict[int, _Lease] = attrs.field(factory=dict)
+    holder: str | None = None  # who attached it: "pid 7 (python3 x.py) since 10:41:07"
     taking: set[int] = attrs.field(factory=set)  # take requests being answered
     abandoned: set[int] = attrs.field(factory=set)  # of those, released before they took
 
@@ -441,13 +456,14 @@ class JobHost:
             uid = peer_uid(raw)
             if uid is not None and uid != os.getuid():
                 return  # another user: the directory's 0700 should have stopped them
+            pid = peer_pid(raw)
             frames = FrameStream(await _LoopStream.take(stream))
         finally:
             await stream.aclose()  # ``take`` has its own descriptor, or we are done
         client = _Client(frames)
         try:
             with anyio.fail_after(HELLO_TIMEOUT):
-                client.session = await self._greet(frames)
+                client.session = await self._greet(frames, pid)
             if client.session is None:
                 return
             async with anyio.create_task_group() as tg:
@@ -499,8 +515,9 @@ class JobHost:
                 continue
             tg.start_soon(self._answer, client, request)
 
-    async def _greet(self, frames: FrameStream) -> _Session | None:
-        """Read the hello: attach to (or create) the session it names, or refuse it."""
+    async def _greet(self, frames: FrameStream, pid: int | None = None) -> _Session | None:
+        """Read the hello: attach to (or create) the session it names, or refuse it (one in
+        use is refused naming the program that holds it, as far as the kernel says)."""
         hello = Hello.from_wire(await frames.receive())
         if hello.session is None and not hello.create:
             session = _Session("", observer=True)  # get_sessions(): no session of its own
@@ -530,11 +547,18 @@ class JobHost:
         session = self._sessions.setdefault(name, _Session(name))
         session.buffering = _held_by(row.output_buffering)
         if session.attached:
+            holder = f": {session.holder}" if session.holder else ""
             await self._refuse(
-                frames, f"session {name!r} is in use by another connection; disconnect it first"
+                frames,
+                f"session {name!r} is in use by another connection{holder}; it is free again "
+                "when that program disconnects or exits",
             )
             return None
         session.attached = True
+        session.holder = None
+        if pid is not None:
+            since = time.strftime("%H:%M:%S")
+            session.holder = f"{describe_process(pid)} since {since}{_over_ssh(pid)}"
         session.wake()
         try:
             self._put_session(attrs.evolve(row, state="Opened", disconnected_at=None))

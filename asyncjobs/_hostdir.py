@@ -189,11 +189,37 @@ async def connect_socket(
 
 def peer_uid(sock: socket.socket) -> int | None:
     """The uid of the process at the other end of a Unix socket (Linux ``SO_PEERCRED``)."""
+    creds = _peer_credentials(sock)
+    return None if creds is None else creds[1]
+
+
+def peer_pid(sock: socket.socket) -> int | None:
+    """The pid of the process at the other end of a Unix socket, where the kernel says."""
+    creds = _peer_credentials(sock)
+    return None if creds is None or creds[0] <= 0 else creds[0]
+
+
+def _peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
     option = getattr(socket, "SO_PEERCRED", None)
     if option is None:
         return None
     import struct
 
-    creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return int(pid), int(uid), int(gid)
+
+
+def describe_process(pid: int) -> str:
+    """``pid 4242 (python3 build.py)``: a process as messages name it (its command line cut
+    to 60 characters; just the pid where /proc does not tell)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return f"pid {pid}"
+    command = " ".join([os.path.basename(argv[0]), *argv[1:]]) if argv else ""
+    command = command.split("; ", 1)[0]  # a message's "; " starts its advice
+    if len(command) > 60:
+        command = command[:59] + "…"
+    return f"pid {pid} ({command})" if command else f"pid {pid}"

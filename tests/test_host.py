@@ -249,8 +249,11 @@ async def test_unknown_session_and_bad_calls_are_clear(hostdir: Path) -> None:
         await s.jobs.remove(job, force=True)
         with pytest.raises(NoSuchJob):
             await s.jobs.job(job)
-        with pytest.raises(AsyncJobsError, match="in use by another connection"):
+        with pytest.raises(AsyncJobsError, match="in use by another connection") as held:
             await connect_local(name="one")
+        # it names who holds it: this very process, and since when
+        assert f"pid {os.getpid()} (" in str(held.value) and " since " in str(held.value)
+        assert "free again when that program disconnects or exits" in str(held.value)
     with pytest.raises(AsyncJobsError, match=r"no session named 'nope'.*sessions: one"):
         await connect_local(name="nope", create=False)
 
