@@ -25,7 +25,10 @@ timed) and stopped at the end (SIGTERM to the pid in ``host.lock``), and the dir
    record read with ``s.jobs.read(job, seq, limit=50_000)`` page by page (a follower resuming
    from a seq, holding one page at a time), (b) ``s.jobs.receive_records(job, keep=True)``, all
    records at once. (c) is (b) with the job host stopped first: the clock includes starting a
-   new host and opening its store. Goal (issue 5): <= 10 s.
+   new host and opening its store. (d) is receive-once, ``s.jobs.receive_records(job)``, of a
+   job of its own per repeat: every page a lease, acknowledged when the call returns (issue 10:
+   within 1.2x of the receive-once path before acknowledgements; (d)/(b) is printed per pair).
+   Goal (issue 5): <= 10 s.
 
 ``--profile start|kept|reattach`` then runs that part once more against a job host started in
 the foreground under cProfile (``python -m cProfile -m asyncjobs._host``) and prints the host's
@@ -316,6 +319,18 @@ async def reattach_receive(name: str, job: int, records: int) -> float:
     return elapsed
 
 
+async def reattach_take(name: str, job: int, records: int) -> float:
+    """Seconds to reattach and ``receive_records(job)`` every record: receive-once, every
+    page a lease the controller acknowledges once the call hands the records over."""
+    t0 = time.perf_counter()
+    async with asyncjobs.connect_local(name, create=False) as s:
+        got = await s.jobs.receive_records(job)
+    elapsed = time.perf_counter() - t0
+    assert len(got) == records and got[-1].seq == records - 1, (len(got), records)
+    del got
+    return elapsed
+
+
 async def make_kept(name: str, records: int) -> int:
     """A finished job holding ``records`` lines on the host; its session left disconnected."""
     async with asyncjobs.connect_local(name) as s:
@@ -329,15 +344,20 @@ async def part_reattach(directory: Path, records: int, repeats: int) -> None:
     print(f"-- 3. reattach and receive {records:,} kept records", flush=True)
     job = await make_kept("kept-records", records)
     await reattach_read("kept-records", job, records)  # warm-up (page cache, host caches)
-    runs: dict[str, list[float]] = {"read": [], "receive": [], "cold": []}
+    runs: dict[str, list[float]] = {"read": [], "receive": [], "cold": [], "take": []}
+    ratios: list[float] = []
     for i in range(repeats):
+        once = await make_kept(f"once-{i}", records)  # receive-once consumes: one per repeat
         runs["read"].append(await reattach_read("kept-records", job, records))
         runs["receive"].append(await reattach_receive("kept-records", job, records))
+        runs["take"].append(await reattach_take(f"once-{i}", once, records))
+        ratios.append(runs["take"][-1] / runs["receive"][-1])
         await anyio.to_thread.run_sync(stop_host, directory)
         runs["cold"].append(await reattach_receive("kept-records", job, records))
         print(
             f"  repeat {i + 1}/{repeats}: read() pages {runs['read'][-1]:6.2f} s   "
             f"receive_records(keep=True) {runs['receive'][-1]:6.2f} s   "
+            f"receive_records() {runs['take'][-1]:6.2f} s   "
             f"after a host restart {runs['cold'][-1]:6.2f} s",
             flush=True,
         )
@@ -345,6 +365,7 @@ async def part_reattach(directory: Path, records: int, repeats: int) -> None:
         "read": f"(a) reattach + read(job, seq, limit={PAGE:,}) pages",
         "receive": "(b) reattach + receive_records(keep=True)",
         "cold": "(c) host stopped, then (b): a new host opens the store",
+        "take": "(d) reattach + receive_records() (receive-once, acknowledged)",
     }
     for key, label in labels.items():
         value = median(runs[key])
@@ -352,6 +373,10 @@ async def part_reattach(directory: Path, records: int, repeats: int) -> None:
             f"  {label}: median {value:.2f} s ({records / value:,.0f} records/s)   "
             f"goal <= {GOAL_REATTACH:g} s: {verdict(value, GOAL_REATTACH)}"
         )
+    print(
+        f"  (d) / (b), the cost of acknowledged receive-once over keep, per-pair median "
+        f"{median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f})"
+    )
 
 
 # -- profile ---------------------------------------------------------------------------------
