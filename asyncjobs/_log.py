@@ -295,21 +295,26 @@ class RecordLog:
         return True
 
     def release_received(self) -> None:
-        """Forget what every stream has received (after ``ack(release=False)`` calls)."""
-        self._release()
+        """Forget what every stream has received (after ``ack(release=False)`` calls). Wakes
+        waiters only if that made room: a streaming reader calls it before it waits, and
+        waking itself each time would spin the loop (and starve a producer thread)."""
+        self._release(always=False)
 
-    def _release(self) -> None:
-        """Forget records that every stream has received; wake producers waiting for room."""
+    def _release(self, *, always: bool = True) -> None:
+        """Forget records that every stream has received; wake producers waiting for room
+        (and readers: a receive is a change), unless ``always`` is False and nothing went."""
         pending, cursor = self._pending, self._cursor
         trim = min((cursor[s] for s in STREAMS if pending[s]), default=self._next)
         mem = self._mem
+        freed = bool(mem) and mem[0].seq < trim
         while mem and mem[0].seq < trim:
             self._pop_front()
         if self._spill is not None:
             self._spill.discard_below(trim)
         if trim > self._first:
             self._first = trim
-        if self._changed is not None or self._waiting_producers:
+            freed = True
+        if (always or freed) and (self._changed is not None or self._waiting_producers):
             self._notify()
 
     def _collect(

@@ -346,7 +346,7 @@ def test_invoke_fans_out_with_tagged_output_and_the_worst_status(
     assert "2 hosts: 2 failed" in failed.err
     worst = cli("invoke", "-H", hosts[0], *ssh_args(remote), "--json", "--", "echo x; exit 3")
     doc = worst.doc()
-    assert worst.rc == 3 and doc["ok"] is True
+    assert worst.rc == 3 and doc["ok"] is False  # ok is false whenever the status is not 0
     [parent] = doc["jobs"]
     assert parent["kind"] == "RemoteJob" and parent["state"] == "Failed"
     assert [(c["location"], c["exit_status"]) for c in parent["children"]] == [(hosts[0], 3)]
