@@ -9,30 +9,29 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import AsyncJobsError as AsyncJobsError
-from ._errors import CommandFailed as CommandFailed
-from ._errors import ConnectionFailed as ConnectionFailed
-from ._errors import HostKeyError as HostKeyError
-from ._errors import JobArgumentError as JobArgumentError
-from ._errors import JobFailed as JobFailed
-from ._errors import JobStateError as JobStateError
-from ._errors import JobStopped as JobStopped
-from ._errors import NoSuchJob as NoSuchJob
-from ._errors import ProtocolError as ProtocolError
-from ._errors import RemoteError as RemoteError
-from ._errors import SpillError as SpillError
-from ._models import STREAMS as STREAMS
-from ._models import Buffer as Buffer
-from ._models import BufferStatistics as BufferStatistics
-from ._models import JobStatistics as JobStatistics
-from ._models import ManagerStatistics as ManagerStatistics
-from ._models import Progress as Progress
-from ._models import Record as Record
-from ._models import StateChange as StateChange
-from ._state import JobState as JobState
-from ._util import fixup_module_metadata as _fixup_module_metadata
-
-__version__ = "0.1.0"
+from ._core.errors import AsyncJobsError as AsyncJobsError
+from ._core.errors import CommandFailed as CommandFailed
+from ._core.errors import ConnectionFailed as ConnectionFailed
+from ._core.errors import HostKeyError as HostKeyError
+from ._core.errors import JobArgumentError as JobArgumentError
+from ._core.errors import JobFailed as JobFailed
+from ._core.errors import JobStateError as JobStateError
+from ._core.errors import JobStopped as JobStopped
+from ._core.errors import NoSuchJob as NoSuchJob
+from ._core.errors import ProtocolError as ProtocolError
+from ._core.errors import RemoteError as RemoteError
+from ._core.errors import SpillError as SpillError
+from ._core.models import STREAMS as STREAMS
+from ._core.models import Buffer as Buffer
+from ._core.models import BufferStatistics as BufferStatistics
+from ._core.models import JobStatistics as JobStatistics
+from ._core.models import ManagerStatistics as ManagerStatistics
+from ._core.models import Progress as Progress
+from ._core.models import Record as Record
+from ._core.models import StateChange as StateChange
+from ._core.state import JobState as JobState
+from ._core.util import fixup_module_metadata as _fixup_module_metadata
+from ._version import __version__ as __version__
 
 __all__ = [
     "STREAMS",
@@ -75,40 +74,40 @@ __all__ = [
 _fixup_module_metadata(__name__, globals())
 
 if TYPE_CHECKING:
-    from ._context import emit as emit
-    from ._context import progress as progress
-    from ._context import stop_requested as stop_requested
-    from ._hostclient import HostJobInfo as HostJobInfo
-    from ._hostclient import HostSession as HostSession
-    from ._hostclient import connect_local as connect_local
-    from ._hostclient import get_sessions as get_sessions
-    from ._job import Job as Job
-    from ._manager import JobManager as JobManager
-    from ._protocol import SessionInfo as SessionInfo
-    from ._remote import RemoteTimings as RemoteTimings
-    from ._remote import to_jsonl as timings_jsonl
-    from ._ssh import Session as Session
-    from ._ssh import connect as connect
+    from ._core.context import emit as emit
+    from ._core.context import progress as progress
+    from ._core.context import stop_requested as stop_requested
+    from ._core.job import Job as Job
+    from ._host.client import HostJobInfo as HostJobInfo
+    from ._host.client import HostSession as HostSession
+    from ._host.client import connect_local as connect_local
+    from ._host.client import get_sessions as get_sessions
+    from ._host.protocol import SessionInfo as SessionInfo
+    from ._local.manager import JobManager as JobManager
+    from ._remote.invoke import RemoteTimings as RemoteTimings
+    from ._remote.invoke import to_jsonl as timings_jsonl
+    from ._ssh.session import Session as Session
+    from ._ssh.session import connect as connect
 
 # Remote names load asyncssh (~150 ms), so they are imported on first use: local jobs, the
 # job host on a remote machine and the command line's start-up never pay for it.
 _LAZY = {
     # anyio and the job machinery load on first use too: the command line's --help, and
     # code that only needs the errors or the models, start without them.
-    "emit": ("._context", "emit"),
-    "progress": ("._context", "progress"),
-    "stop_requested": ("._context", "stop_requested"),
-    "Job": ("._job", "Job"),
-    "JobManager": ("._manager", "JobManager"),
-    "RemoteTimings": ("._remote", "RemoteTimings"),
-    "timings_jsonl": ("._remote", "to_jsonl"),
-    "Session": ("._ssh", "Session"),
-    "connect": ("._ssh", "connect"),
-    "connect_local": ("._hostclient", "connect_local"),
-    "get_sessions": ("._hostclient", "get_sessions"),
-    "HostSession": ("._hostclient", "HostSession"),
-    "HostJobInfo": ("._hostclient", "HostJobInfo"),
-    "SessionInfo": ("._protocol", "SessionInfo"),
+    "emit": ("._core.context", "emit"),
+    "progress": ("._core.context", "progress"),
+    "stop_requested": ("._core.context", "stop_requested"),
+    "Job": ("._core.job", "Job"),
+    "JobManager": ("._local.manager", "JobManager"),
+    "RemoteTimings": ("._remote.invoke", "RemoteTimings"),
+    "timings_jsonl": ("._remote.invoke", "to_jsonl"),
+    "Session": ("._ssh.session", "Session"),
+    "connect": ("._ssh.session", "connect"),
+    "connect_local": ("._host.client", "connect_local"),
+    "get_sessions": ("._host.client", "get_sessions"),
+    "HostSession": ("._host.client", "HostSession"),
+    "HostJobInfo": ("._host.client", "HostJobInfo"),
+    "SessionInfo": ("._host.protocol", "SessionInfo"),
 }
 
 

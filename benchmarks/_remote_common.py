@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
 import asyncssh  # noqa: E402
 from _common import median, verdict  # noqa: E402
 
-from asyncjobs._sshdefaults import with_client_defaults  # noqa: E402
+from asyncjobs._ssh.defaults import with_client_defaults  # noqa: E402
 from tests.testhosts import TestHosts, TestHostsError, sshd_version  # noqa: E402
 
 __all__ = [

@@ -9,7 +9,7 @@ machine disturbs less than wall time.
    'import asyncjobs'`` (what any entry point into the package pays before the command line's
    own code runs).
 2. ``asyncjobs get`` with 10,000 jobs in the store of a private job host (written straight into
-   the store through ``asyncjobs._store`` before the host starts; the host is started by the
+   the store through ``asyncjobs._host.store`` before the host starts; the host is started by the
    first ``get``, which is not timed): goal median < 300 ms. Also ``get --json``, and the job
    host's own answer to ``session.jobs.get()`` in-process, for comparison.
 3. ``asyncjobs invoke -H <32 hosts> -- echo hello`` vs the same fan-out through the Python API
@@ -118,8 +118,8 @@ def bench_help(repeats: int) -> str:
 
 def fill_store(directory: Path, count: int) -> None:
     """``count`` finished jobs, written through the store before any host opens it."""
-    from asyncjobs._hostdir import STORE, ensure_private_dir
-    from asyncjobs._store import Store
+    from asyncjobs._host.directory import STORE, ensure_private_dir
+    from asyncjobs._host.store import Store
 
     ensure_private_dir(directory)
     now = time.time()
@@ -179,7 +179,7 @@ def bench_get(repeats: int, count: int) -> str:
 def _api_get(env: dict[str, str], repeats: int) -> Runs:
     code = (
         "import time, anyio\n"
-        "from asyncjobs._hostclient import connect_local\n"
+        "from asyncjobs._host.client import connect_local\n"
         "async def main():\n"
         "    async with connect_local(None, create=False) as s:\n"
         f"        for _ in range({repeats}):\n"

@@ -31,8 +31,8 @@ timed) and stopped at the end (SIGTERM to the pid in ``host.lock``), and the dir
    Goal (issue 5): <= 10 s.
 
 ``--profile start|kept|reattach`` then runs that part once more against a job host started in
-the foreground under cProfile (``python -m cProfile -m asyncjobs._host``) and prints the host's
-hot spots, then this process's.
+the foreground under cProfile (``python -m cProfile -m asyncjobs._host.daemon``) and prints
+the host's hot spots, then this process's.
 
     .venv/bin/python benchmarks/bench_host.py [--quick] [--repeats 5] [--jobs 200] [--size MB]
         [--records N] [--only start|kept|reattach] [--backend trio] [--dir DIR]
@@ -402,7 +402,7 @@ def profile(
             job = anyio.run(make_kept, "kept-records", records, backend=backend)
             stop_host(directory)
         out = directory / "host.prof"
-        argv = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "asyncjobs._host"]
+        argv = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "asyncjobs._host.daemon"]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
         mine = cProfile.Profile()
 

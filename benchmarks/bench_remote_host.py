@@ -57,7 +57,7 @@ async def invoke_round(s: asyncjobs.Session, n: int) -> float:
 
 
 def stop_job_hosts(hosts: TestHosts) -> None:
-    for pid in hosts.pgrep(None, "asyncjobs._host"):
+    for pid in hosts.pgrep(None, "asyncjobs._host.daemon"):
         subprocess.run(["kill", "-TERM", str(pid)], check=False)
 
 

@@ -1,4 +1,4 @@
-"""The job host's store (``asyncjobs._store``, SQLite in WAL mode) against the issue's goals.
+"""The job host's store (``asyncjobs._host.store``, SQLite in WAL mode) against the issue's goals.
 
 1. Small appends: 200,000 records of 20 bytes (output and error mixed) appended in batches of
    100 — the host appends what a job produced since its last flush — then the same in batches of
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from _common import header, median, parser
 
-from asyncjobs._store import Store
+from asyncjobs._host.store import Store
 
 LINE = b"x" * 99 + b"\n"
 PIPE_READ = 65536 // len(LINE)  # 655 lines

@@ -25,7 +25,8 @@ import anyio
 import pytest
 
 import asyncjobs
-from asyncjobs import AsyncJobsError, JobState, _bridge
+from asyncjobs import AsyncJobsError, JobState
+from asyncjobs._host import bridge as _bridge
 from tests.conftest import pid_alive
 from tests.testhosts import TEST_HOME, TestHosts
 
@@ -34,7 +35,7 @@ ROUNDS = 3
 
 
 def _job_hosts(hosts: TestHosts) -> set[int]:
-    return set(hosts.pgrep(None, "asyncjobs._host"))
+    return set(hosts.pgrep(None, "asyncjobs._host.daemon"))
 
 
 def _job_host_pid() -> int | None:
@@ -57,7 +58,7 @@ def remote(ssh_hosts: TestHosts) -> Iterator[TestHosts]:
 
 
 def _bridges(hosts: TestHosts) -> set[int]:
-    return set(hosts.pgrep(None, "asyncjobs._bridge"))
+    return set(hosts.pgrep(None, "asyncjobs._host.bridge"))
 
 
 def _reader(host: Any, options: dict[str, Any], job_id: int) -> subprocess.Popen[str]:

@@ -12,8 +12,8 @@ import pytest
 
 import asyncjobs
 from asyncjobs import Buffer
-from asyncjobs._channel import MARK, CommandChannel, CommandProgress
-from asyncjobs._log import RecordLog
+from asyncjobs._core.log import RecordLog
+from asyncjobs._ssh.channel import MARK, CommandChannel, CommandProgress
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from asyncjobs import JobArgumentError, JobManager, JobState, ProtocolError
-from asyncjobs._command import CommandSpec
-from asyncjobs._hostclient import HostJobs, HostSession, connect_local
-from asyncjobs._protocol import validate_args
+from asyncjobs._host.client import HostJobs, HostSession, connect_local
+from asyncjobs._host.protocol import validate_args
+from asyncjobs._local.command import CommandSpec
 
 pytestmark = pytest.mark.anyio
 
@@ -292,7 +292,7 @@ async def test_get_refuses_a_name_pattern_that_is_not_a_str() -> None:
 def test_connect_local_checks_its_session_options_as_connect_does(
     options: dict[str, Any], message: str
 ) -> None:
-    from asyncjobs._hostclient import connect_local
+    from asyncjobs._host.client import connect_local
 
     with pytest.raises(JobArgumentError, match=message):
         connect_local("s", **options)

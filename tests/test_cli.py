@@ -28,7 +28,7 @@ import asyncjobs
 from asyncjobs._cli._fastget import read_jobs
 from asyncjobs._cli._hosts import parse_hosts
 from asyncjobs._cli._output import host_job_json
-from asyncjobs._hostclient import connect_local
+from asyncjobs._host.client import connect_local
 from tests.conftest import host_pid, pid_alive
 from tests.testhosts import TestHosts
 
@@ -323,9 +323,9 @@ def test_colour_and_progress_only_on_a_terminal(
 @pytest.fixture
 def remote(ssh_hosts: TestHosts) -> Iterator[TestHosts]:
     """The test hosts; the job hosts that the test started there are stopped (by pid) after."""
-    before = set(ssh_hosts.pgrep(None, "asyncjobs._host"))
+    before = set(ssh_hosts.pgrep(None, "asyncjobs._host.daemon"))
     yield ssh_hosts
-    for pid in set(ssh_hosts.pgrep(None, "asyncjobs._host")) - before:
+    for pid in set(ssh_hosts.pgrep(None, "asyncjobs._host.daemon")) - before:
         subprocess.run(["kill", "-TERM", str(pid)], check=False)
 
 

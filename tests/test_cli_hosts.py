@@ -22,9 +22,9 @@ from asyncjobs._cli._hosts import (
     targets,
 )
 from asyncjobs._cli._output import cli_message, exit_code, plain_table
-from asyncjobs._errors import NoSuchJob
-from asyncjobs._store import SCHEMA_VERSION as STORE_SCHEMA_VERSION
-from asyncjobs._targets import Target
+from asyncjobs._core.errors import NoSuchJob
+from asyncjobs._host.store import SCHEMA_VERSION as STORE_SCHEMA_VERSION
+from asyncjobs._ssh.targets import Target
 
 
 @pytest.mark.parametrize(

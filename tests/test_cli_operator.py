@@ -440,7 +440,7 @@ async def test_the_api_parent_of_a_fail_fast_fan_out(ssh_hosts: TestHosts) -> No
 
 def test_the_in_use_advice_keeps_what_the_host_says_about_the_holder() -> None:
     from asyncjobs._cli._access import Where, in_use
-    from asyncjobs._targets import Target
+    from asyncjobs._ssh.targets import Target
 
     named = in_use(
         "session 'held' is in use by another connection: pid 4242 (python3 build.py) since "

@@ -223,7 +223,7 @@ class Named:
 
 @pytest.fixture
 def named(ssh_hosts: TestHosts, tmp_path: Path) -> Iterator[Named]:
-    before = set(ssh_hosts.pgrep(None, "asyncjobs._host"))
+    before = set(ssh_hosts.pgrep(None, "asyncjobs._host.daemon"))
     config = tmp_path / "ssh_config"
     config.write_text(
         "".join(
@@ -234,7 +234,7 @@ def named(ssh_hosts: TestHosts, tmp_path: Path) -> Iterator[Named]:
         + "Host down01 down02 down03\n  HostName 127.0.0.1\n  Port 1\n"
     )
     yield Named(config, ssh_hosts, 12)
-    for pid in set(ssh_hosts.pgrep(None, "asyncjobs._host")) - before:
+    for pid in set(ssh_hosts.pgrep(None, "asyncjobs._host.daemon")) - before:
         subprocess.run(["kill", "-TERM", str(pid)], check=False)
 
 

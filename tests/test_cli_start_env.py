@@ -127,7 +127,7 @@ def remote(ssh_hosts: TestHosts) -> Iterator[TestHosts]:
     afterwards."""
 
     def stop() -> None:
-        for pid in ssh_hosts.pgrep(None, "asyncjobs._host"):
+        for pid in ssh_hosts.pgrep(None, "asyncjobs._host.daemon"):
             subprocess.run(["kill", "-TERM", str(pid)], check=False)
 
     stop()
@@ -188,8 +188,8 @@ def test_the_bridge_gives_the_job_host_the_users_pythonpath_back(
     PYTHONPATH as it was, no runtime zip in it, and no SSH session."""
     import anyio
 
-    from asyncjobs._hostclient import connect_local
-    from asyncjobs._runtime import bridge_command, build_runtime
+    from asyncjobs._host.client import connect_local
+    from asyncjobs._host.runtime import bridge_command, build_runtime
 
     runtime = build_runtime()
     zip_path = tmp_path / runtime.name

@@ -27,10 +27,10 @@ from asyncjobs import (
     JobState,
     JobStopped,
 )
-from asyncjobs._command import CommandSpec, run_command
-from asyncjobs._lines import MAX_LINE, Line, LineSplitter, input_chunks
-from asyncjobs._log import RecordLog
-from asyncjobs._runner import Body, run_in_slot
+from asyncjobs._core.lines import MAX_LINE, Line, LineSplitter, input_chunks
+from asyncjobs._core.log import RecordLog
+from asyncjobs._core.runner import Body, run_in_slot
+from asyncjobs._local.command import CommandSpec, run_command
 
 from .conftest import eventually, pid_alive, python
 

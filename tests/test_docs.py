@@ -9,7 +9,7 @@ A block may be skipped only on a platform where it cannot work, said in an HTML 
 line before the fence, naming that platform (a ``sys.platform`` prefix) and the reason:
 ``<!-- not-tested: win32: needs /bin/sh -->``. On every other platform the block still runs.
 
-The state table and diagram of ``docs/states.md`` must match ``asyncjobs._state.TRANSITIONS``
+The state table and diagram of ``docs/states.md`` must match ``asyncjobs._core.state.TRANSITIONS``
 (``docs/make_state_diagram.py --check``).
 """
 

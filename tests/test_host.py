@@ -25,10 +25,10 @@ from asyncjobs import (
     NoSuchJob,
     ProtocolError,
 )
-from asyncjobs._hostclient import connect_local, get_local_sessions
-from asyncjobs._hostrun import LinePacker, unpack_value
-from asyncjobs._lines import MAX_LINE, LineSplitter
-from asyncjobs._protocol import PROTOCOL_VERSION
+from asyncjobs._core.lines import MAX_LINE, LineSplitter
+from asyncjobs._host.client import connect_local, get_local_sessions
+from asyncjobs._host.hosted import LinePacker, unpack_value
+from asyncjobs._host.protocol import PROTOCOL_VERSION
 from tests.conftest import eventually, host_pid, pid_alive, python
 
 pytestmark = pytest.mark.anyio
@@ -91,7 +91,7 @@ async def test_detached_job_outlives_its_controller_and_is_received_later(hostdi
     proc = child(
         """
         import anyio
-        from asyncjobs._hostclient import connect_local
+        from asyncjobs._host.client import connect_local
         async def main():
             s = await connect_local(name="nightly")
             job = await s.jobs.start_command("sleep 0.5; seq 1 1000")
@@ -117,7 +117,7 @@ async def test_a_killed_controller_resumes_from_the_last_record_it_holds(hostdir
     follower = child(
         f"""
         import anyio
-        from asyncjobs._hostclient import connect_local
+        from asyncjobs._host.client import connect_local
         async def main():
             async with connect_local(name="follower") as s:
                 seq = 0
@@ -259,7 +259,7 @@ async def test_unknown_session_and_bad_calls_are_clear(hostdir: Path) -> None:
 
 
 async def test_drop_buffering_while_disconnected(hostdir: Path) -> None:
-    from asyncjobs import _host
+    from asyncjobs._host import server as _host
 
     bound = _host.DISCONNECTED_BOUND
     async with connect_local(name="lossy", output_buffering="drop") as s:
@@ -273,7 +273,7 @@ async def test_drop_buffering_while_disconnected(hostdir: Path) -> None:
 
 
 async def test_block_buffering_holds_the_producer_while_disconnected(hostdir: Path) -> None:
-    from asyncjobs import _host
+    from asyncjobs._host import server as _host
 
     bound = _host.DISCONNECTED_BOUND
     async with connect_local(name="held", output_buffering="block") as s:

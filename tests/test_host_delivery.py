@@ -21,8 +21,8 @@ import anyio
 import pytest
 
 from asyncjobs import JobState
-from asyncjobs._hostclient import ACK_EVERY, connect_local
-from asyncjobs._protocol import PROTOCOL_VERSION
+from asyncjobs._host.client import ACK_EVERY, connect_local
+from asyncjobs._host.protocol import PROTOCOL_VERSION
 from tests.conftest import python
 
 pytestmark = pytest.mark.anyio
@@ -139,7 +139,7 @@ async def test_two_controllers_split_a_running_job_and_never_share_a_record(
 
 CONSUMER = """
 import anyio, sys
-from asyncjobs._hostclient import connect_local
+from asyncjobs._host.client import connect_local
 async def main():
     async with connect_local(name="kill") as s:
         with open(sys.argv[1], "a") as out:

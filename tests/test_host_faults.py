@@ -32,8 +32,8 @@ import attrs
 import pytest
 
 from asyncjobs import JobState
-from asyncjobs._hostclient import HostSession, connect_local
-from asyncjobs._protocol import PROTOCOL_VERSION, Hello, Request, encode_frame
+from asyncjobs._host.client import HostSession, connect_local
+from asyncjobs._host.protocol import PROTOCOL_VERSION, Hello, Request, encode_frame
 from tests.conftest import host_pid, pid_alive, python
 
 pytestmark = pytest.mark.anyio
@@ -308,7 +308,7 @@ def spawn_reader(directory: Path, session: str, job: int | None) -> subprocess.P
     """A controller process that reads ``job`` whole, again and again; it says "reading"."""
     code = f"""
         import anyio
-        from asyncjobs._hostclient import connect_local
+        from asyncjobs._host.client import connect_local
         async def main():
             async with connect_local(name={session!r}) as s:
                 print("reading", flush=True)
@@ -383,12 +383,12 @@ async def test_a_bad_frame(hostdir: Path, data: bytes, reads: bool) -> None:
 @contextmanager
 def host_with_nofile(directory: Path, soft: int, hard: int) -> Iterator[int]:
     """Start the job host for ``directory`` as ``_hostdir.spawn_host`` does (``python -m
-    asyncjobs._host --daemonize``, stderr on host.log), under RLIMIT_NOFILE (soft, hard); its
+    asyncjobs._host.daemon --daemonize``, stderr on host.log), under RLIMIT_NOFILE (soft, hard); its
     pid once its socket answers. The ``hostdir`` fixture stops it."""
     limit = f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))"
     code = (
         f"import os, resource, sys; {limit}; "
-        "os.execv(sys.executable, [sys.executable, '-m', 'asyncjobs._host', '--daemonize'])"
+        "os.execv(sys.executable, [sys.executable, '-m', 'asyncjobs._host.daemon', '--daemonize'])"
     )
     env = dict(os.environ, ASYNCJOBS_HOST_DIR=str(directory))
     with open(directory / "host.log", "ab") as log:

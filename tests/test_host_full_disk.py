@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from asyncjobs import AsyncJobsError, JobState
-from asyncjobs._hostclient import connect_local
+from asyncjobs._host.client import connect_local
 from tests.conftest import host_pid, pid_alive
 
 pytestmark = pytest.mark.anyio

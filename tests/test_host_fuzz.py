@@ -41,10 +41,10 @@ from hypothesis.stateful import (
 )
 
 from asyncjobs import JobState
-from asyncjobs._hostclient import HostSession, connect_local, open_host_session
-from asyncjobs._hostdir import connect_socket
-from asyncjobs._models import STREAMS, StreamName
-from asyncjobs._protocol import ARGS, KINDS, OPS, PROTOCOL_VERSION, encode_frame
+from asyncjobs._core.models import STREAMS, StreamName
+from asyncjobs._host.client import HostSession, connect_local, open_host_session
+from asyncjobs._host.directory import connect_socket
+from asyncjobs._host.protocol import ARGS, KINDS, OPS, PROTOCOL_VERSION, encode_frame
 from tests.conftest import host_pid, pid_alive
 
 FAST: Final = 2.0  # seconds a well-behaved client may take to be served

@@ -11,7 +11,7 @@ import pytest
 from anyio.lowlevel import checkpoint
 
 from asyncjobs import Buffer, JobStateError
-from asyncjobs._log import RecordLog
+from asyncjobs._core.log import RecordLog
 
 pytestmark = pytest.mark.anyio
 
@@ -202,7 +202,7 @@ async def test_release_keeps_memory_readable_and_names_the_lost_part() -> None:
 
 
 async def test_unknown_stream_is_refused() -> None:
-    from asyncjobs._log import stream_set
+    from asyncjobs._core.log import stream_set
 
     with pytest.raises(ValueError, match="unknown stream"):
         stream_set(["outptu"])

@@ -1,6 +1,6 @@
 """A silently cut network, for real: sshd in a network namespace of its own, reached over a veth
 pair whose far end is taken down (``TestHosts.cut_network``). No reset, no FIN, no ICMP: only
-keepalives can tell such a link from a quiet one (see ``asyncjobs._sshdefaults``)."""
+keepalives can tell such a link from a quiet one (see ``asyncjobs._ssh.defaults``)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from asyncjobs import (
     Progress,
     RemoteError,
 )
-from asyncjobs._process import WorkerPool
+from asyncjobs._local.process import WorkerPool
 from tests.conftest import eventually, pid_alive
 
 pytestmark = pytest.mark.anyio

@@ -26,7 +26,7 @@ from asyncjobs import (
     ProtocolError,
     Record,
 )
-from asyncjobs._protocol import (
+from asyncjobs._host.protocol import (
     ARGS,
     MAX_FRAME,
     OPS,
@@ -58,7 +58,7 @@ from asyncjobs._protocol import (
     peek_page,
     validate_args,
 )
-from asyncjobs._wire import HEADER
+from asyncjobs._host.wire import HEADER
 
 
 def frame(body: bytes) -> bytes:

@@ -14,7 +14,7 @@ import pytest
 
 import asyncjobs
 from asyncjobs import JobState
-from asyncjobs._runtime import build_runtime
+from asyncjobs._host.runtime import build_runtime
 from tests.conftest import eventually
 from tests.testhosts import TestHosts
 
@@ -24,7 +24,7 @@ STATE = "$HOME/.local/state/asyncjobs $HOME/.cache/asyncjobs"
 
 
 def _kill_job_hosts(hosts: TestHosts) -> None:
-    for pid in hosts.pgrep(None, "asyncjobs._host"):
+    for pid in hosts.pgrep(None, "asyncjobs._host.daemon"):
         subprocess.run(["kill", "-TERM", str(pid)], check=False)
 
 

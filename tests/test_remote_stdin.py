@@ -119,9 +119,9 @@ async def test_fan_out_sends_the_same_input_to_every_host(ssh_hosts: TestHosts) 
 @pytest.fixture
 def remote(ssh_hosts: TestHosts) -> Iterator[TestHosts]:
     """The test hosts; the job hosts that the test started there are stopped (by pid) after."""
-    before = set(ssh_hosts.pgrep(None, "asyncjobs._host"))
+    before = set(ssh_hosts.pgrep(None, "asyncjobs._host.daemon"))
     yield ssh_hosts
-    for pid in set(ssh_hosts.pgrep(None, "asyncjobs._host")) - before:
+    for pid in set(ssh_hosts.pgrep(None, "asyncjobs._host.daemon")) - before:
         subprocess.run(["kill", "-TERM", str(pid)], check=False)
 
 

@@ -21,8 +21,8 @@ import pytest
 
 import asyncjobs
 from asyncjobs import AsyncJobsError, Buffer, JobManager, JobState
-from asyncjobs._log import RecordLog
-from asyncjobs._spill import SpillError, SpillFile
+from asyncjobs._core.log import RecordLog
+from asyncjobs._core.spill import SpillError, SpillFile
 
 pytestmark = pytest.mark.anyio
 

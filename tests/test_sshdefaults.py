@@ -1,4 +1,4 @@
-"""asyncjobs's SSH client defaults (``asyncjobs._sshdefaults``): the rules, then what real sshd
+"""asyncjobs's SSH client defaults (``asyncjobs._ssh.defaults``): the rules, then what real sshd
 negotiates. Silent network cuts, which the keepalives are for, are in test_netcut.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import asyncjobs
-from asyncjobs._sshdefaults import (
+from asyncjobs._ssh.defaults import (
     AES_FIRST,
     KEEPALIVE_COUNT_MAX,
     KEEPALIVE_INTERVAL,
@@ -98,11 +98,11 @@ async def test_what_real_sshd_negotiates(ssh_hosts: TestHosts) -> None:
         assert s.connection.get_extra_info("recv_cipher") == "chacha20-poly1305@openssh.com"
 
 
-# -- the SSH config beyond asyncssh (asyncjobs._sshconfig) ------------------------------------
+# -- the SSH config beyond asyncssh (asyncjobs._ssh.config) ------------------------------------
 
 
 def test_the_config_resolves_the_real_host_user_and_port(tmp_path: Path) -> None:
-    from asyncjobs._sshconfig import resolve
+    from asyncjobs._ssh.config import resolve
 
     path = tmp_path / "config"
     path.write_text(
@@ -126,7 +126,7 @@ def test_the_config_resolves_the_real_host_user_and_port(tmp_path: Path) -> None
 
 
 def test_check_files_names_the_option_and_the_path(tmp_path: Path) -> None:
-    from asyncjobs._sshconfig import check_files
+    from asyncjobs._ssh.config import check_files
 
     key = tmp_path / "key"
     key.write_text("")

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from asyncjobs import JobState, JobStateError
-from asyncjobs._state import (
+from asyncjobs._core.state import (
     EVENT_TARGET,
     TRANSITIONS,
     Event,

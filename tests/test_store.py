@@ -19,7 +19,7 @@ import attrs
 import pytest
 
 from asyncjobs import STREAMS, JobArgumentError, NoSuchJob
-from asyncjobs._store import (
+from asyncjobs._host.store import (
     SCHEMA_VERSION,
     JobRow,
     Piece,
@@ -482,7 +482,7 @@ WRITER = """
     import random, sys
     from pathlib import Path
     from asyncjobs import STREAMS
-    from asyncjobs._store import Store
+    from asyncjobs._host.store import Store
 
     def rows(first, n):  # as in test_store.py
         return [(STREAMS[s * 7 % 11 % 7], s.to_bytes(4, "big") + b"\\x00\\xff\\xfe\\n" * (s % 5),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asyncjobs._targets import Target
+from asyncjobs._ssh.targets import Target
 
 
 @pytest.mark.parametrize(

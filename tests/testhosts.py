@@ -383,12 +383,12 @@ def _free_netns_subnet(count: int) -> ipaddress.IPv4Network:
 
 
 def stop_job_hosts(deadline: float = 10.0) -> list[int]:
-    """Stop the test user's job hosts (``python -m asyncjobs._host``), TERM then KILL, and
+    """Stop the test user's job hosts (``python -m asyncjobs._host.daemon``), TERM then KILL, and
     return their pids. A job host detaches from the sshd session that started it (that is its
     job), so no TestHosts owns it; the dedicated test user runs nothing but what tests start,
     so the test run that is ending stops them."""
     out = subprocess.run(
-        ["pgrep", "-u", TEST_USER, "-f", "asyncjobs._host"],
+        ["pgrep", "-u", TEST_USER, "-f", "asyncjobs._host.daemon"],
         capture_output=True,
         timeout=10,
         check=False,

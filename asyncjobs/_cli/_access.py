@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import attrs
 
-from .._errors import AsyncJobsError
+from .._core.errors import AsyncJobsError
 
 if TYPE_CHECKING:
     import asyncssh
 
-    from .._hostclient import HostSession
-    from .._protocol import SessionInfo
-    from .._targets import Target
+    from .._host.client import HostSession
+    from .._host.protocol import SessionInfo
+    from .._ssh.targets import Target
 
 #: The session that ``asyncjobs start`` puts its jobs in (``--session`` picks another).
 CLI_SESSION: Final = "cli"
@@ -58,20 +58,20 @@ class Link:
     async def _connection(self) -> asyncssh.SSHClientConnection:
         assert self.where.target is not None
         if self._conn is None:
-            from .._ssh import open_connection
+            from .._ssh.session import open_connection
 
             self._conn, _ = await open_connection(self.where.target, dict(self.where.ssh_options))
         return self._conn
 
     async def _open(self, name: str | None, create: bool) -> HostSession:
         if self.where.target is None:
-            from .._hostclient import connect_local
+            from .._host.client import connect_local
 
             idle = CLI_IDLE_TIMEOUT if create else None
             session: HostSession = await connect_local(name, create=create, idle_timeout=idle)
             return session
-        from .._remotehost import open_bridge
-        from .._ssh import where_of
+        from .._remote.remotehost import open_bridge
+        from .._ssh.session import where_of
 
         target = self.where.target
         conn = await self._connection()
@@ -112,7 +112,7 @@ class Link:
     async def sessions(self) -> list[SessionInfo]:
         """The host's sessions (for this machine: none if no job host runs)."""
         if self.where.target is None:
-            from .._hostclient import get_local_sessions
+            from .._host.client import get_local_sessions
 
             return await get_local_sessions()
         async with self.session() as observer:

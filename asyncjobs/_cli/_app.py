@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .. import __version__
+from .._version import __version__
 from ._boundary import describe, fail, run, run_on, say
 from ._hosts import HostSyntaxError
 from ._options import (

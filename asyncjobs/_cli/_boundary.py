@@ -61,7 +61,7 @@ def run(name: str, body: Callable[..., Awaitable[None]], /, *args: Any, **kwargs
 
 def describe(exc: BaseException, message: str) -> str:
     """Our errors as they are; anything else (a bug) names its type and the way to see more."""
-    from .._errors import AsyncJobsError
+    from .._core.errors import AsyncJobsError
 
     if isinstance(exc, AsyncJobsError | OSError | click.ClickException):
         return message

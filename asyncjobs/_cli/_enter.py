@@ -23,7 +23,7 @@ from ._output import Result, Screen
 if TYPE_CHECKING:
     import asyncssh
 
-    from .._targets import Target
+    from .._ssh.targets import Target
 
 
 @contextlib.contextmanager
@@ -51,7 +51,7 @@ def _size(fd: int) -> tuple[int, int]:
 async def enter(
     screen: Screen, result: Result, target: Target, ssh_options: dict[str, Any]
 ) -> None:
-    from .._ssh import map_ssh_errors, open_connection, where_of
+    from .._ssh.session import map_ssh_errors, open_connection, where_of
 
     conn, _ = await open_connection(target, ssh_options)
     where = where_of(conn, target)  # the user, address and port actually used

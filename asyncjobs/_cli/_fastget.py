@@ -17,9 +17,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Final
 
-from .._hostdir import LOCK, STORE
-from .._models import STREAMS
-from .._state import ACTIVE_VALUES
+from .._core.models import STREAMS
+from .._core.state import ACTIVE_VALUES
+from .._host.directory import LOCK, STORE
 
 #: The store schema this reader knows (``_store.SCHEMA_VERSION``; a test keeps them equal):
 #: not imported from ``_store``, whose import costs more than this whole read.

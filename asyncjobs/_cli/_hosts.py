@@ -13,8 +13,8 @@ import re
 from collections.abc import Iterable
 from typing import Final, TextIO
 
-from .._errors import JobArgumentError
-from .._targets import Target
+from .._core.errors import JobArgumentError
+from .._ssh.targets import Target
 
 #: More hosts than this from one expression is surely a typo (``web[1-1000000]``).
 MAX_HOSTS: Final = 100_000

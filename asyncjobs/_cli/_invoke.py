@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._lines import LineSplitter
-from .._state import JobState
+from .._core.lines import LineSplitter
+from .._core.state import JobState
 from ._access import CLI_SESSION, Link, Where
 from ._hosts import fold, target_text
 from ._jobs import command_arg
@@ -47,9 +47,9 @@ from ._output import (
 )
 
 if TYPE_CHECKING:
-    from .._job import Job
-    from .._models import Record
-    from .._targets import Target
+    from .._core.job import Job
+    from .._core.models import Record
+    from .._ssh.targets import Target
 
 _RULE = "-" * 15
 SUMMARY_COLUMNS = ("Hosts", "Count", "State", "ExitStatus", "Reason")
@@ -242,8 +242,8 @@ async def invoke_remote(
     input: bytes | None = None,
 ) -> None:
     """A fan-out (``JobManager.invoke``): a parent job with one child per host."""
-    from .._manager import JobManager
-    from .._models import Buffer
+    from .._core.models import Buffer
+    from .._local.manager import JobManager
 
     output = Output(screen, result, fold=folding)
     t0 = time.monotonic()

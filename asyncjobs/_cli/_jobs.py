@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._errors import AsyncJobsError
+from .._core.errors import AsyncJobsError
 from ._access import CLI_SESSION, Where, link
 from ._output import (
     BLOCKS,
@@ -35,8 +35,8 @@ from ._output import (
 )
 
 if TYPE_CHECKING:
-    from .._hostclient import HostJobInfo, HostJobs
-    from .._models import Record
+    from .._core.models import Record
+    from .._host.client import HostJobInfo, HostJobs
 
 #: ``wait`` and ``--timeout`` ran out before the jobs finished (as ``timeout(1)`` says it).
 TIMED_OUT = 124
@@ -121,7 +121,7 @@ async def get(
     """Get-Job: the host's jobs, every session's (this machine's read from its store)."""
     jobs = None
     if where.target is None:
-        from .._hostdir import STORE, host_dir
+        from .._host.directory import STORE, host_dir
         from ._fastget import local_jobs, read_jobs
 
         jobs = local_jobs(host_dir(), name=name, state=state)

@@ -12,7 +12,7 @@ import click
 from ._hosts import HostSyntaxError
 
 if TYPE_CHECKING:
-    from .._targets import Target
+    from .._ssh.targets import Target
     from ._access import Where
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -113,7 +113,7 @@ def check_files(ssh: dict[str, Any]) -> None:
     """Every file the SSH flags name must be readable: ``-i /nope`` is one usage error naming
     the file, not a ``No such file or directory`` from every host. (A missing IdentityFile or
     UserKnownHostsFile in the SSH config is no error: ssh skips it, and so do we.)"""
-    from .._sshconfig import file_problem
+    from .._ssh.config import file_problem
 
     for key, flag, what in _FILE_FLAGS:
         value = ssh.get(key)

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import attrs
 
-from .._state import JobState
+from .._core.state import JobState
 
 if TYPE_CHECKING:
-    from .._hostclient import HostJobInfo
-    from .._job import Job
-    from .._models import Record
-    from .._protocol import SessionInfo
+    from .._core.job import Job
+    from .._core.models import Record
+    from .._host.client import HostJobInfo
+    from .._host.protocol import SessionInfo
 
 #: The ``schema`` field of every ``--json`` document; bumped only on an incompatible change.
 SCHEMA: Final = "asyncjobs-cli/1"

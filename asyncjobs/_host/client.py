@@ -1,0 +1,723 @@
+"""The controller side of the job host: ``connect_local()``, ``get_sessions(None)`` and
+``session.jobs``, the ``JobManager`` API over the wire.
+
+Jobs started through ``session.jobs`` run on the job host and keep their records there, also
+while no controller is connected; what this side holds are snapshots (``HostJobInfo``) and the
+records it reads. Reads go by position (``read(job, from_seq)``) or through the host's
+receive-once cursors (``receive``), so two controllers can follow one job without stealing
+each other's output, and a controller that reconnects goes on from the last seq it holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar, final
+
+import anyio
+import anyio.abc
+import attrs
+
+from .._core import checks
+from .._core.errors import (
+    AsyncJobsError,
+    CommandFailed,
+    ConnectionFailed,
+    JobArgumentError,
+    JobFailed,
+    JobStopped,
+)
+from .._core.models import STREAMS, Record, StreamName
+from .._core.state import JobState, state_named
+from .._core.util import Opener
+from .._version import __version__
+from .directory import connect_socket, host_dir
+from .protocol import (
+    PROTOCOL_VERSION,
+    FrameStream,
+    Hello,
+    JobInfo,
+    Page,
+    Request,
+    Response,
+    SessionInfo,
+    Welcome,
+    check_version,
+    decode_message,
+    decode_value,
+    error_from_wire,
+    parse_page,
+    parse_result,
+    peek_page,
+)
+
+_PAGE: Final = 50_000  # records per request when draining
+Buffering = Literal["block", "drop"]
+
+
+@attrs.frozen
+class HostJobInfo:
+    """A snapshot of a job on a job host, as ``session.jobs`` returns it."""
+
+    id: int
+    name: str
+    kind: str
+    command: str
+    location: str
+    session: str | None
+    state: JobState
+    has_more_data: bool
+    reason: str | None
+    exit_status: int | None
+    started_at: float | None
+    finished_at: float | None
+    next_seq: int
+    dropped: int
+    instance_id: str
+
+    @classmethod
+    def from_info(cls, info: JobInfo) -> HostJobInfo:
+        return cls(
+            id=info.id,
+            name=info.name,
+            kind=info.kind,
+            command=info.command,
+            location=info.location,
+            session=info.session,
+            state=info.state,
+            has_more_data=info.has_more_data,
+            reason=info.reason,
+            exit_status=info.exit_status,
+            started_at=info.started_at,
+            finished_at=info.finished_at,
+            next_seq=info.next_seq,
+            dropped=info.dropped,
+            instance_id=info.instance_id,
+        )
+
+
+JobRef = HostJobInfo | int
+
+
+def _job_id(job: JobRef) -> int:
+    """A job argument as the request carries it; a bad one raises ``JobArgumentError`` here,
+    before anything is sent (the host would refuse it)."""
+    return job.id if isinstance(job, HostJobInfo) else checks.job_id(job)
+
+
+def _streams(streams: Iterable[StreamName] | None) -> list[str] | None:
+    """``streams=`` checked as ``JobManager`` checks it; ``None``: all of them."""
+    return checks.stream_names(streams)
+
+
+def _input(value: object) -> bytes | None:
+    """``input=`` as ``start_command`` takes it, made bytes to send (a list of lines too)."""
+    data = checks.input(value)
+    if data is not None and not isinstance(data, bytes):
+        raise JobArgumentError(
+            f"input for a job host must be bytes, str or a list of lines, got "
+            f"{type(value).__name__}: {value!r}; a lazy iterable can't be sent: make it a list"
+        )
+    return data
+
+
+@attrs.define(eq=False)
+class _Lease:
+    """A batch ``take`` handed us: how many of its records went to the caller, and how many
+    of those the host knows of (``ack``)."""
+
+    handed: int = 0
+    acked: int = 0
+    release: bool = False  # nobody hands any more of it out: give the rest back
+    last: float = attrs.field(factory=time.monotonic)  # when we last acknowledged
+
+    def due(self) -> bool:
+        return self.handed - self.acked >= ACK_EVERY or time.monotonic() - self.last >= ACK_AFTER
+
+
+@final
+class HostConnection:
+    """Requests and responses over one frame stream, with no task of its own: whichever caller
+    finds nobody reading reads the next frame and hands it to the request it answers, so a
+    long-poll read and other calls can be in flight together and nothing outlives the caller."""
+
+    def __init__(self, frames: FrameStream, welcome: Welcome) -> None:
+        self._frames = frames
+        self.welcome = welcome
+        self._next_id = 1
+        self._answers: dict[int, Response | None] = {}
+        self._reading = False
+        self._read_one = anyio.Event()
+        self._broken: BaseException | None = None
+        self._leases: dict[int, _Lease] = {}  # receive-once batches not acknowledged in full
+
+    async def request(self, op: str, **args: Any) -> Any:
+        """Call ``op`` on the host; its result made into objects (``parse_result``)."""
+        result = await self.result(await self.send(op, **args))
+        return parse_result(op, decode_value(result))
+
+    async def connection(self) -> HostConnection:
+        return self
+
+    # -- acknowledged receive-once ---------------------------------------------------------
+
+    def hold(self, lease: int) -> _Lease:
+        """Track a batch ``take`` handed us; its records count as received only once ``ack``
+        tells the host they went to the caller."""
+        return self._leases.setdefault(lease, _Lease())
+
+    async def take(self, **args: Any) -> Page:
+        """One ``take``: a page whose records are ours until acknowledged. A lease is named
+        by the request that took it, so a take whose caller gave up (cancelled) before its
+        answer came is given back whole with the next request, in order."""
+        request = await self.send("take", **args)
+        try:
+            page = parse_page(await self.result(request))
+        except BaseException:
+            self.hold(request).release = True  # if it took anything, it goes back
+            raise
+        if page.lease is not None:
+            self.hold(page.lease)
+        return page
+
+    async def ack(self, lease: int, *, release: bool = False) -> None:
+        """Tell the host how many of ``lease``'s records were handed on; with ``release``
+        the rest go back to the host for the next receiver and the lease ends here. The
+        host answers acks in order with the requests around them: no need to wait."""
+        held = self._leases.get(lease)
+        if held is None:
+            return
+        held.release = held.release or release
+        if held.release:
+            del self._leases[lease]
+        held.acked, held.last = held.handed, time.monotonic()
+        if self._broken is None:
+            request_id = await self._send_request("ack", lease=lease, count=held.handed,
+                                                  release=held.release)  # fmt: skip
+            self.forget(request_id)
+
+    async def settle(self, *, release: bool = False) -> None:
+        """Acknowledge what every lease handed on (and, with ``release``, give back the rest
+        of all of them): before any other request, and before leaving the connection."""
+        for lease, held in list(self._leases.items()):
+            if release or held.release or held.handed > held.acked:
+                await self.ack(lease, release=release)
+
+    async def send(self, op: str, **args: Any) -> int:
+        """Send a request; ``result(id)`` waits for its answer (a reader of many pages asks
+        for the next one before it decodes the last). Returns the request's id. Records
+        handed on but not acknowledged yet are acknowledged first."""
+        if self._leases:
+            await self.settle()
+        return await self._send_request(op, **args)
+
+    async def _send_request(self, op: str, **args: Any) -> int:
+        self._check()
+        request_id = self._next_id
+        self._next_id += 1
+        self._answers[request_id] = None
+        try:
+            # Whole or not at all: a frame cut short by a cancellation would end the
+            # connection (``FrameStream``), and a request frame is small.
+            with anyio.CancelScope(shield=True):
+                await self._frames.send(Request(request_id, op, args).to_wire())
+        except BaseException as exc:
+            self._answers.pop(request_id, None)
+            if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError | OSError):
+                self._broken = exc
+                self._check()
+            raise
+        return request_id
+
+    async def result(self, request_id: int) -> Any:
+        """The answer to request ``request_id``, as JSON gave it (values not decoded); a
+        failed request raises its error."""
+        try:
+            response = await self._answer(request_id)
+        finally:
+            self._answers.pop(request_id, None)
+        if not response.ok:
+            assert response.error is not None
+            raise error_from_wire(response.error)
+        return response.result
+
+    def forget(self, request_id: int) -> None:
+        """Drop the answer of a request nobody will wait for (it is discarded on arrival)."""
+        self._answers.pop(request_id, None)
+
+    async def _answer(self, request_id: int) -> Response:
+        while (response := self._answers.get(request_id)) is None:
+            self._check()
+            if self._reading:  # another caller reads: wait for it to hand over a frame
+                await self._read_one.wait()
+                continue
+            self._reading = True
+            try:
+                frame = await self._frames.receive()
+                got = Response.from_wire_raw(frame)
+                if got.id in self._answers:
+                    self._answers[got.id] = got
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+                self._broken = exc
+            except (AsyncJobsError, OSError) as exc:
+                self._broken = exc
+            finally:
+                self._reading = False
+                done, self._read_one = self._read_one, anyio.Event()
+                done.set()
+        return response
+
+    def _check(self) -> None:
+        if self._broken is not None:
+            raise ConnectionFailed(
+                f"the connection to the job host is lost ({self._broken!r}); reconnect"
+            )
+
+    async def aclose(self) -> None:
+        await self._frames.aclose()
+
+
+#: A stream acknowledges what it handed on after this many records or seconds, so that a
+#: controller that is killed leaves at most that much to be delivered again.
+ACK_EVERY: Final = 1000
+ACK_AFTER: Final = 0.05
+#: What a lost connection raises: an acknowledgement that can't be sent is given up (the
+#: host gives the lease back when it sees the connection end).
+_LOST: Final = (ConnectionFailed, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+class Requester(Protocol):
+    """Something that calls an op on a job host: a ``HostConnection``, or the lazy bridge of
+    an SSH session."""
+
+    async def request(self, op: str, **args: Any) -> Any: ...
+
+    async def connection(self) -> HostConnection:
+        """The connection itself, for pipelined requests (``send``, then ``result``)."""
+        ...
+
+
+T = TypeVar("T")
+
+
+@final
+class HostStream(Generic[T]):
+    """``session.jobs.stream()``: an async iterator over a job's records on the host, each
+    acknowledged once it is handed to the caller (``stream_records`` says the rules). An
+    object, not a generator: leaving a loop early needs no finalizer to give the rest back
+    (the next request does), and trio does not warn about one collected half-way."""
+
+    def __init__(self, requester: Requester, job: int, streams: list[str], values: bool) -> None:
+        self._requester = requester
+        self._job = job
+        self._streams = streams
+        self._values = values
+        self._c: HostConnection | None = None
+        self._page: list[Record] = []
+        self._next = 0
+        self._lease: int | None = None
+        self._held: _Lease | None = None
+        self._finished = False
+
+    def __aiter__(self) -> HostStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while True:
+            held = self._held
+            if self._next < len(self._page):
+                assert self._c is not None
+                if held is not None:
+                    if held.due():  # what was handed before this record
+                        await self._c.ack(self._lease)  # type: ignore[arg-type]
+                    held.handed += 1  # the caller's from here on: nothing awaits below
+                record = self._page[self._next]
+                self._next += 1
+                return record.value if self._values else record  # type: ignore[return-value]
+            await self._end_page()
+            if self._finished:
+                raise StopAsyncIteration
+            if self._c is None:
+                self._c = await self._requester.connection()
+            page = await self._c.take(job=self._job, streams=self._streams, limit=_PAGE, wait=30.0)
+            self._page, self._next = page.records, 0
+            if page.lease is not None:
+                self._lease, self._held = page.lease, self._c.hold(page.lease)
+            if not self._page and page.job.state.is_finished:
+                self._finished = True
+
+    async def _end_page(self) -> None:
+        """Acknowledge what was handed of the page; give the rest back."""
+        lease, self._lease, self._held = self._lease, None, None
+        self._page, self._next = [], 0
+        if lease is not None and self._c is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(*_LOST):
+                with anyio.move_on_after(5):
+                    await self._c.ack(lease, release=True)
+
+    async def aclose(self) -> None:
+        """Stop here: what was not handed on goes back to the host now."""
+        self._finished = True
+        await self._end_page()
+
+    def __del__(self) -> None:
+        # Left half-way (a ``break``): the connection gives the rest back with its next
+        # request, or when it ends. Plain bookkeeping: nothing may be awaited here.
+        if self._held is not None:
+            self._held.release = True
+
+
+@final
+class HostJobs:
+    """``session.jobs``: the job table of a job host (Start-Job, Get-Job, Receive-Job, ...)."""
+
+    def __init__(self, connection: Requester) -> None:
+        self._c = connection
+
+    async def start_command(
+        self,
+        command: str | Sequence[str],
+        /,
+        *,
+        name: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        input: str | bytes | Sequence[str | bytes] | None = None,
+    ) -> HostJobInfo:
+        """Start a command on the job host; its records stay there until received.
+
+        The arguments are checked here as ``JobManager.start_command`` checks them (a bad
+        one raises ``JobArgumentError`` and nothing is sent); whether ``cwd`` exists is for
+        the host to say. ``input`` is ``bytes``, a ``str`` or a list of lines."""
+        argv, _ = checks.command(command)
+        cmd: str | list[str] = command if isinstance(command, str) else list(argv)
+        name, where, added = checks.name(name), checks.cwd(cwd), checks.env(env)
+        info: JobInfo = await self._c.request(
+            "start_command", command=cmd, name=name, cwd=where, env=added, input=_input(input)
+        )
+        return HostJobInfo.from_info(info)
+
+    async def get(
+        self, *, name: str | None = None, state: JobState | str | None = None
+    ) -> list[HostJobInfo]:
+        """The host's jobs (every session's), filtered like ``JobManager.get``."""
+        checks.name(name)
+        if isinstance(state, str):
+            state = state_named(state)
+        wanted = state.value if state is not None else None
+        infos: list[JobInfo] = await self._c.request("get", name=name, state=wanted)
+        return [HostJobInfo.from_info(i) for i in infos]
+
+    async def job(self, job: JobRef) -> HostJobInfo:
+        """A fresh snapshot of one job."""
+        return HostJobInfo.from_info(await self._c.request("job", job=_job_id(job)))
+
+    async def wait(
+        self, *jobs: JobRef, any: bool = False, timeout: float | None = None
+    ) -> list[HostJobInfo]:
+        """Wait-Job on the host: the given jobs (default: this session's) that are finished
+        when it returns; at ``timeout`` what is finished so far (``None`` or ``math.inf``: no
+        limit; negative or NaN: ``JobArgumentError``, as ``JobManager.wait``)."""
+        ids = [_job_id(j) for j in jobs]
+        seconds = checks.timeout(timeout)
+        infos: list[JobInfo] = await self._c.request(
+            "wait", jobs=ids, any=bool(any), timeout=seconds
+        )
+        return [HostJobInfo.from_info(i) for i in infos]
+
+    async def read(
+        self,
+        job: JobRef,
+        from_seq: int = 0,
+        *,
+        streams: Iterable[StreamName] | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Records from ``from_seq`` on, received or not; moves nothing (keep)."""
+        args = {"job": _job_id(job), "streams": _streams(streams)}
+        return await self._pages(args, checks.from_seq(from_seq), checks.limit(limit))
+
+    async def _pages(self, args: dict[str, Any], seq: int, limit: int | None) -> list[Record]:
+        """Every record ``read`` gives from ``seq`` on (at most ``limit``), page by page, the
+        next page asked for before this one is decoded, so that the host reads it meanwhile.
+
+        A page may come back short (the host cuts pages to fit a frame): only an empty one,
+        or reaching the job's ``next_seq`` at the first answer (what existed when we began:
+        a busy job can't keep us), means there is no more."""
+        c = await self._c.connection()
+
+        def ask(seq: int, have: int) -> Awaitable[int]:
+            page = _PAGE if limit is None else min(_PAGE, limit - have)
+            return c.send("read", from_seq=seq, limit=page, **args)
+
+        records: list[Record] = []
+        end: int | None = None
+        pending: int | None = await ask(seq, 0)
+        try:
+            while pending is not None:
+                raw = await c.result(pending)
+                pending = None
+                count, seq, job_seq = peek_page(raw)
+                end = job_seq if end is None else end
+                have = len(records) + count
+                if count and seq < end and (limit is None or have < limit):
+                    pending = await ask(seq, have)
+                records.extend(parse_page(raw).records)
+        finally:
+            if pending is not None:
+                c.forget(pending)
+        return records
+
+    async def receive_records(
+        self, job: JobRef, *, keep: bool = False, streams: Iterable[StreamName] | None = None
+    ) -> list[Record]:
+        """The records not yet received, in the order produced (receive-once, global to the
+        host as in PowerShell; ``keep=True`` leaves them for the next receiver). They count
+        as received when this returns them: cancelled or failed midway, it gives them back."""
+        chosen = _streams(streams) or list(STREAMS)
+        if keep:  # nothing is consumed: pages can be asked for ahead
+            args = {"job": _job_id(job), "streams": chosen, "unreceived": True}
+            return await self._pages(args, 0, None)
+        c = await self._c.connection()
+        records: list[Record] = []
+        leases: list[tuple[int, int]] = []  # (lease, its count)
+        end: int | None = None
+        try:
+            while True:
+                batch = await c.take(job=_job_id(job), streams=chosen, limit=_PAGE)
+                got = batch.records
+                if batch.lease is not None:
+                    leases.append((batch.lease, len(got)))
+                records.extend(got)
+                end = batch.job.next_seq if end is None else end
+                # Done at an empty page (pages may be cut short to fit a frame) or once past
+                # what existed at the first answer: "produced so far", even while it produces.
+                if not got or batch.next_seq >= end:
+                    break
+        except BaseException:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                for lease, _ in leases:  # nobody got them: they go back
+                    with contextlib.suppress(*_LOST):
+                        await c.ack(lease, release=True)
+            raise
+        for lease, count in leases:  # handed over now
+            c.hold(lease).handed = count
+            with contextlib.suppress(*_LOST):
+                await c.ack(lease, release=True)
+        return records
+
+    async def receive(self, job: JobRef, *, keep: bool = False) -> list[Any]:
+        """Receive-Job: the output items not yet received."""
+        return [r.value for r in await self.receive_records(job, keep=keep, streams=("output",))]
+
+    def stream_records(
+        self, job: JobRef, *, streams: Iterable[StreamName] | None = ("output",)
+    ) -> HostStream[Record]:
+        """Receive-Job -Wait: records as the host stores them, until the job is finished and
+        drained (receive-once, a page at a time, long-polling while the job runs).
+
+        A record counts as received once it is handed to your loop: breaking out, being
+        cancelled or failing gives the rest back to the host (with this connection's next
+        request, or when it ends; ``aclose()`` gives it back at once). Acknowledgements go
+        to the host every ``ACK_EVERY`` records or ``ACK_AFTER`` seconds, so a controller
+        that is killed leaves at most its last unacknowledged records to be delivered again."""
+        return HostStream(self._c, _job_id(job), _streams(streams) or list(STREAMS), False)
+
+    def stream(
+        self, job: JobRef, *, streams: Iterable[StreamName] | None = ("output",)
+    ) -> HostStream[Any]:
+        """Like ``stream_records`` but yields the values."""
+        return HostStream(self._c, _job_id(job), _streams(streams) or list(STREAMS), True)
+
+    async def stop(self, job: JobRef) -> HostJobInfo:
+        """Stop-Job on the host; returns the job once it is finished."""
+        return HostJobInfo.from_info(await self._c.request("stop", job=_job_id(job)))
+
+    async def remove(self, job: JobRef, *, force: bool = False) -> None:
+        """Remove-Job on the host: the job and its records are gone."""
+        await self._c.request("remove", job=_job_id(job), force=bool(force))
+
+
+@final
+class HostSession:
+    """A session on a job host (the local one from ``connect_local``): ``jobs`` runs there;
+    ``disconnect()`` (also leaving ``async with``) leaves it and its jobs running, and
+    ``connect_local(name=...)`` from any process reattaches."""
+
+    def __init__(self, connection: HostConnection, location: str) -> None:
+        self._c = connection
+        self.name = connection.welcome.session
+        self.location = location
+        self.jobs = HostJobs(connection)
+        self._closed = False
+
+    async def invoke(
+        self, command: str | Sequence[str], *, timeout: float | None = None
+    ) -> list[Any]:
+        """Run a command on the host, wait, return its output; ``JobFailed`` if it failed."""
+        job = await self.jobs.start_command(command)
+        done = await self.jobs.wait(job, timeout=timeout)
+        if not done:
+            await self.jobs.stop(job)
+        info = await self.jobs.job(job)
+        output = await self.jobs.receive(job)
+        await self.jobs.remove(job, force=True)
+        if info.state is JobState.FAILED:
+            reason = CommandFailed(info.reason or "failed", exit_status=info.exit_status)
+            raise JobFailed(f"job {info.id} ({info.name!r}) failed: {info.reason}", reason=reason)
+        if info.state is JobState.STOPPED:
+            raise JobStopped(f"job {info.id} ({info.name!r}) was stopped after {timeout} s")
+        return output
+
+    async def sessions(self) -> list[SessionInfo]:
+        """The sessions of this job host."""
+        sessions: list[SessionInfo] = await self._c.request("sessions")
+        return sessions
+
+    async def disconnect(self) -> None:
+        """Leave the session and its jobs running on the host (Disconnect-PSSession)."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.move_on_after(5):
+                    await self._c.settle(release=True)  # nothing held is lost or repeated
+                    await self._c.request("disconnect")
+            except AsyncJobsError:
+                pass
+            await self._c.aclose()
+
+    close = disconnect
+
+    async def __aenter__(self) -> HostSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()
+
+    def __repr__(self) -> str:
+        state = "disconnected" if self._closed else "open"
+        return f"<asyncjobs.HostSession {self.name!r} {self.location} {state}>"
+
+
+async def open_host_session(
+    stream: anyio.abc.ByteStream,
+    *,
+    name: str | None,
+    create: bool,
+    location: str,
+    idle_timeout: float | None = None,
+    output_buffering: Buffering | None = None,
+) -> HostSession:
+    """Say hello on ``stream``; the session owns the stream and its response reader."""
+    frames = FrameStream(stream)
+    hello = Hello(
+        PROTOCOL_VERSION, f"asyncjobs {__version__}", name, create, idle_timeout, output_buffering
+    )
+    await frames.send(hello.to_wire())
+    reply = decode_message(await frames.receive())
+    if isinstance(reply, Response) and reply.error is not None:  # the host refused the hello
+        await frames.aclose()
+        raise error_from_wire(reply.error)
+    if not isinstance(reply, Welcome):
+        await frames.aclose()
+        raise AsyncJobsError(f"the job host answered the hello with {type(reply).__name__}")
+    check_version(reply.version, "job host")
+    return HostSession(HostConnection(frames, reply), location)
+
+
+async def _open_local(
+    name: str | None,
+    directory: Path | None,
+    idle_timeout: float | None,
+    output_buffering: Buffering | None,
+    create: bool,
+) -> HostSession:
+    # A host that is dying (killed) or still starting can reset a fresh connection:
+    # try again a few times, each through connect_socket (which starts a host if needed).
+    for attempt in range(5):
+        stream = await connect_socket(directory or host_dir())
+        try:
+            return await open_host_session(
+                stream,
+                name=name,
+                create=create,
+                location="localhost",
+                idle_timeout=idle_timeout,
+                output_buffering=output_buffering,
+            )
+        except (anyio.BrokenResourceError, anyio.EndOfStream, ConnectionError):
+            await stream.aclose()
+            if attempt == 4:
+                raise
+            await anyio.sleep(0.1 * (attempt + 1))
+        except BaseException:
+            await stream.aclose()
+            raise
+    raise AssertionError("unreachable")
+
+
+def connect_local(
+    name: str | None = None,
+    *,
+    idle_timeout: float | None = None,
+    output_buffering: Buffering | None = None,
+    create: bool = True,
+    directory: Path | None = None,
+) -> Opener[HostSession]:
+    """A session on this machine's job host (started on first use, detached from the caller).
+
+    Jobs started through ``session.jobs`` outlive this process; ``connect_local(name=...)``
+    from any process of this user reattaches to a named session. A new name creates the
+    session, unless ``create=False``: then an unknown name is an error listing the sessions.
+    ``idle_timeout`` (seconds a disconnected session waits before its jobs are stopped) and
+    ``output_buffering`` (``"block"`` or ``"drop"`` while disconnected) apply to a new session.
+    """
+    checks.session_options(name, idle_timeout, output_buffering, create, observer=True)
+    return Opener(
+        lambda: _open_local(name, directory, idle_timeout, output_buffering, create),
+        HostSession.disconnect,
+    )
+
+
+async def get_local_sessions(directory: Path | None = None) -> list[SessionInfo]:
+    """The sessions of this machine's job host (none if no host runs)."""
+    try:
+        stream = await connect_socket(directory or host_dir(), start=False)
+    except AsyncJobsError:
+        return []
+    session = await open_host_session(stream, name=None, create=False, location="localhost")
+    try:
+        return await session.sessions()
+    finally:
+        await session.disconnect()
+
+
+async def get_sessions(
+    host: str | None = None, port: int = 22, username: str | None = None, **ssh_options: Any
+) -> list[SessionInfo]:
+    """Get-PSSession: the sessions on a host's job host (over SSH, with ``ssh_options`` as
+    for ``connect``); ``None``: this machine's job host."""
+    if host is None:
+        return await get_local_sessions()
+    import attrs as _attrs
+
+    from .._remote.remotehost import remote_sessions
+    from .._ssh.targets import Target
+
+    target = Target.parse(host)
+    if port != 22 and target.port is None:
+        target = _attrs.evolve(target, port=port)
+    if username is not None:
+        target = _attrs.evolve(target, username=username)
+    return await remote_sessions(target, ssh_options)

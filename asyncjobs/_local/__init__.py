@@ -1,0 +1,1 @@
+"""Local runners (thread, command, process and its worker) and the job table."""

@@ -1,0 +1,1 @@
+"""SSH: connections and sessions, client defaults and config, targets, channels."""
