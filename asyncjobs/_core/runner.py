@@ -1,21 +1,139 @@
-"""The one shape every runner has: wait for a slot, report running, do the work, always finish.
+"""The runner API: what a runner may do to its job, and the one shape every runner has.
 
-A runner turns the outside world into appends and events, nothing else. Whatever happens to it
-(an exception, a cancellation with its manager) the job ends in a finished state: failure is a
-state, never a job left RUNNING because its runner died.
+A runner turns the outside world into appends and events, nothing else. It gets a ``Run``, its
+handle on one job, and reports through it: ``started()`` once the work really runs, ``append``
+for every record, then exactly one of ``completed()``, ``failed(reason)``, ``stopped()``;
+``disconnected()`` / ``reconnected()`` for a link that comes and goes, ``blocked()`` /
+``unblocked()`` for a producer held by a full ``block`` buffer, ``on_stop`` to act when
+``stop()`` is asked for. No module outside the core touches ``Job``'s private attributes:
+everything a runner needs is here.
+
+``run_in_slot`` is the one shape: wait for a slot, report running, do the work, always finish.
+Whatever happens to the body (an exception, a cancellation with its manager) the job ends in a
+finished state: failure is a state, never a job left RUNNING because its runner died.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, final
 
 import anyio
 from anyio.abc import TaskStatus
 
 from .job import Job
+from .log import RecordLog
+from .models import StreamName
+from .state import Event
 
-#: The work of a runner; it calls ``started()`` once the job really runs.
-Body = Callable[[Callable[[], None]], Awaitable[None]]
+
+def _nothing() -> None:
+    pass
+
+
+@final
+class Run:
+    """A runner's handle on one job (see the module docstring for the order of the calls)."""
+
+    __slots__ = ("_on_started", "job", "log")
+
+    def __init__(self, job: Job, on_started: Callable[[], None] = _nothing) -> None:
+        log = job._log
+        if log is None:
+            raise TypeError(f"{job._label()} is a parent job: it has no runner")
+        self.job = job
+        #: The job's record log: ``append`` through the methods below, or read it.
+        self.log: RecordLog = log
+        self._on_started = on_started
+
+    @property
+    def label(self) -> str:
+        """How errors name the job: ``job 3 ('build')``."""
+        return self.job._label()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.job.stop_requested
+
+    # -- records -----------------------------------------------------------------------------
+
+    def append_nowait(self, stream: StreamName, value: Any) -> None:
+        """Append now; ``anyio.WouldBlock`` if a ``block`` buffer is full."""
+        self.log.append_nowait(stream, value)
+
+    async def append(self, stream: StreamName, value: Any) -> None:
+        """Append, waiting for room in a full ``block`` buffer (the backpressure). No coroutine
+        is made when there is room, which is almost always."""
+        try:
+            self.log.append_nowait(stream, value)
+        except anyio.WouldBlock:
+            await self.log.append(stream, value)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def started(self) -> None:
+        """The work really runs (a stop asked for meanwhile takes effect right after)."""
+        self.job._mark_running()
+        self._on_started()
+
+    def completed(self) -> None:
+        self.job._complete()
+
+    def failed(self, reason: BaseException) -> None:
+        self.job._fail(reason)
+
+    def stopped(self) -> None:
+        """The stop took effect (idempotent)."""
+        self.job._mark_stopped()
+
+    def finish_after(self, exc: BaseException) -> None:
+        """End the job after ``exc`` ended its runner: stopped if it was a cancellation or a
+        stop was asked for, else failed with ``exc``. Nothing if it has already finished."""
+        self.job._finish_after_error(exc)
+
+    def disconnected(self) -> None:
+        self.job._apply(Event.DISCONNECT)
+
+    def reconnected(self) -> None:
+        self.job._apply(Event.RECONNECT)
+
+    def blocked(self) -> None:
+        """The producer waits for a full ``block`` buffer (state ``BLOCKED``)."""
+        self.job._apply(Event.BLOCK)
+
+    def unblocked(self) -> None:
+        self.job._apply(Event.UNBLOCK)
+
+    @contextmanager
+    def on_stop(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Call ``callback()`` once, when a stop is asked for inside the block, or on entry if
+        one already was. A state listener, not a watcher task: it costs nothing per job."""
+        job = self.job
+        fired = False
+
+        def listener(changed: Job) -> None:
+            nonlocal fired
+            if not fired and changed.stop_requested:
+                fired = True
+                callback()
+
+        job._listeners.append(listener)
+        try:
+            listener(job)
+            yield
+        finally:
+            job._listeners.remove(listener)
+
+    @contextmanager
+    def cancelled_on_stop(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that a stop cancels (on entry too, if one already was asked for)."""
+        with anyio.CancelScope() as scope, self.on_stop(scope.cancel):
+            yield scope
+
+
+#: The work of a runner: it calls ``run.started()`` once the job really runs.
+Body = Callable[[Run], Awaitable[None]]
 
 
 async def run_in_slot(
@@ -39,28 +157,28 @@ async def run_in_slot(
         if not await _wait_for_slot(job, limiter):
             return
 
-    def started() -> None:
+    def on_started() -> None:
         nonlocal signalled
-        job._mark_running()
         if not signalled:
             signalled = True
             task_status.started()
 
+    run = Run(job, on_started)
     try:
         if job.stop_requested:  # stopped in the instant between slot and start
-            job._mark_stopped()
+            run.stopped()
             return
         job._runner_active = True
-        await body(started)
+        await body(run)
     except BaseException as exc:
-        job._finish_after_error(exc)
+        run.finish_after(exc)
         if isinstance(exc, Exception):
             return  # recorded as the job's failure: it is the job's error, not the manager's
         raise
     finally:
         limiter.release_on_behalf_of(job)
         if not job.state.is_finished:  # a body that returned without reporting how it ended
-            job._fail(RuntimeError(f"the runner of {job._label()} ended without a result"))
+            run.failed(RuntimeError(f"the runner of {run.label} ended without a result"))
         if not signalled:  # start_* returns the job, finished as it is (e.g. FAILED at spawn)
             task_status.started()
 

@@ -41,7 +41,7 @@ from .._core.errors import AsyncJobsError, JobArgumentError, JobStateError, NoSu
 from .._core.job import Job
 from .._core.log import RecordLog
 from .._core.models import STREAMS, Buffer
-from .._core.runner import run_in_slot
+from .._core.runner import Run, run_in_slot
 from .._core.state import ACTIVE_VALUES, Event, JobState
 from .._local.command import CommandSpec
 from .._version import __version__
@@ -662,8 +662,8 @@ class JobHost:
         job = _HostJob(job_id, session.name, local, self)
         local._listeners.append(lambda _: self._on_change(job))
 
-        async def body(started: Callable[[], None]) -> None:
-            await run_host_command(local, spec, job, started)
+        async def body(run: Run) -> None:
+            await run_host_command(local, spec, job, run.started)
 
         await self._tg.start(run_in_slot, local, self._slots, body)
         try:

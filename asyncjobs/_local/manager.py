@@ -21,7 +21,7 @@ from .._core.errors import AsyncJobsError, JobArgumentError, JobStateError, NoSu
 from .._core.job import Job, JobKind, ensure_job
 from .._core.log import RecordLog
 from .._core.models import Buffer, ManagerStatistics
-from .._core.runner import run_in_slot
+from .._core.runner import Run, run_in_slot
 from .._core.state import JobState, state_named
 from . import command as _command
 from . import process as _process
@@ -145,8 +145,8 @@ class JobManager:
         assert self._thread_slots is not None and self._thread_pool is not None
         pool = self._thread_pool
 
-        async def body(started: Callable[[], None]) -> None:
-            await run_thread(job, fn, args, kwargs, pool, started)
+        async def body(run: Run) -> None:
+            await run_thread(job, fn, args, kwargs, pool, run.started)
 
         await tg.start(run_in_slot, job, self._thread_slots, body)
         return job
@@ -212,8 +212,8 @@ class JobManager:
         job = self._new_job(name, "BackgroundJob", spec.display, buffer)
         assert self._process_slots is not None
 
-        async def body(started: Callable[[], None]) -> None:
-            await _command.run_command(job, spec, started)
+        async def body(run: Run) -> None:
+            await _command.run_command(job, spec, run.started)
 
         await tg.start(run_in_slot, job, self._process_slots, body)
         return job
@@ -256,7 +256,7 @@ class JobManager:
         timeout = checks.timeout(timeout)
         stop_grace = self.stop_grace if stop_grace is None else checks.grace(stop_grace)
         return await start_invoke(
-            self,
+            _Table(self),
             targets,
             command,
             name=name,
@@ -466,6 +466,31 @@ class JobManager:
             f"<asyncjobs.JobManager {status} jobs={len(self._jobs)} running={running} "
             f"thread_limit={self.thread_limit} process_limit={self.process_limit}>"
         )
+
+
+@final
+@attrs.frozen
+class _Table:
+    """This manager as the ``JobTable`` a fan-out adds its jobs to (without importing it)."""
+
+    manager: JobManager
+
+    def task_group(self) -> TaskGroup:
+        return self.manager._open_group()
+
+    def new_job(
+        self,
+        name: str | None,
+        kind: JobKind,
+        command: str,
+        buffer: Buffer | None,
+        *,
+        location: str = "localhost",
+    ) -> Job:
+        return self.manager._new_job(name, kind, command, buffer, location=location)
+
+    def add_parent(self, name: str | None, kind: JobKind, command: str, children: list[Job]) -> Job:
+        return self.manager._add_parent(name, kind, command, children)
 
 
 @attrs.define(eq=False)

@@ -14,7 +14,7 @@ import json
 import shlex
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import anyio
 import asyncssh
@@ -25,8 +25,9 @@ from .._core.job import Job
 from .._core.lines import check_lines
 from .._core.log import RecordLog
 from .._core.models import Buffer
-from .._core.runner import run_in_slot
+from .._core.runner import Run, run_in_slot
 from .._core.state import Event, JobState
+from .._core.table import JobTable
 from .._ssh.channel import CommandChannel, CommandProgress
 from .._ssh.config import check_files
 from .._ssh.session import (
@@ -38,9 +39,6 @@ from .._ssh.session import (
     require_asyncio,
 )
 from .._ssh.targets import Target
-
-if TYPE_CHECKING:
-    from .._local.manager import JobManager
 
 _OPEN_RETRIES: Final = 6  # a refused channel is retried with backoff this many times
 
@@ -362,7 +360,7 @@ def _policy(value: object) -> FailurePolicy:
 
 
 async def start_invoke(
-    manager: JobManager,
+    table: JobTable,
     targets: Sequence[str | Session] | str | Session,
     command: str | Sequence[str],
     *,
@@ -380,7 +378,7 @@ async def start_invoke(
 ) -> Job:
     """Make the parent and one child per target, and schedule every child under the throttle."""
     require_asyncio("invoke")
-    tg = manager._open_group()
+    tg = table.task_group()
     if isinstance(targets, str | Session):
         targets = [targets]
     if not targets:
@@ -404,10 +402,8 @@ async def start_invoke(
         )
     text = shell_command(command)
     data = remote_input(input)
-    children = [
-        manager._new_job(None, "RemoteJob", text, buffer, location=t.location) for t in parsed
-    ]
-    parent = manager._add_parent(name, "RemoteJob", text, children)
+    children = [table.new_job(None, "RemoteJob", text, buffer, location=t.location) for t in parsed]
+    parent = table.add_parent(name, "RemoteJob", text, children)
     throttle = anyio.CapacityLimiter(throttle_limit)
     watch = _PolicyWatch(parent, policy, tg.start_soon)
     for child, target in zip(children, parsed, strict=True):
@@ -486,21 +482,21 @@ def _child_body(
     lines: bool,
     options: dict[str, Any],
     input: bytes | None = None,
-) -> Callable[[Callable[[], None]], Any]:
-    async def body(started: Callable[[], None]) -> None:
+) -> Callable[[Run], Any]:
+    async def body(run: Run) -> None:
         log = child._log
         assert log is not None
         if isinstance(target, Session) and target.name is not None:
             # A named session: the command runs on the host's job host, and this child
             # mirrors its records, so a dropped link means DISCONNECTED, not lost.
-            await run_hosted(child, target, command, started, timeout=timeout, input=input)
+            await run_hosted(child, target, command, run.started, timeout=timeout, input=input)
             return
         if isinstance(target, Session):
             await run_remote(
                 child,
                 target,
                 command,
-                started,
+                run.started,
                 timeout=timeout,
                 stop_grace=stop_grace,
                 lines=lines,
@@ -527,7 +523,7 @@ def _child_body(
                 child,
                 session,
                 command,
-                started,
+                run.started,
                 timeout=timeout,
                 stop_grace=stop_grace,
                 connect=timings,
@@ -655,9 +651,16 @@ async def invoke_on_session(
         id=0, name="invoke", kind="RemoteJob", command=text, location=session.location, log=log
     )
 
-    async def body(started: Callable[[], None]) -> None:
+    async def body(run: Run) -> None:
         await run_remote(
-            job, session, text, started, timeout=timeout, stop_grace=5.0, lines=lines, input=data
+            job,
+            session,
+            text,
+            run.started,
+            timeout=timeout,
+            stop_grace=5.0,
+            lines=lines,
+            input=data,
         )
 
     await run_in_slot(job, anyio.CapacityLimiter(1), body)  # always returns it finished
