@@ -21,7 +21,9 @@ from asyncjobs._cli._hosts import (
     read_hostfile,
     targets,
 )
-from asyncjobs._cli._output import cli_message, exit_code, plain_table
+from asyncjobs._cli._output import exit_code
+from asyncjobs._cli._terminal import plain_table
+from asyncjobs._cli._text import cli_message
 from asyncjobs._core.errors import NoSuchJob
 from asyncjobs._host.store import SCHEMA_VERSION as STORE_SCHEMA_VERSION
 from asyncjobs._ssh.targets import Target

@@ -24,7 +24,9 @@ def _leaf(exc: BaseException) -> BaseException:
 
 def run(name: str, body: Callable[..., Awaitable[None]], /, *args: Any, **kwargs: Any) -> None:
     """Run a command's body on asyncio; errors become one line; ``--json`` gets its document."""
-    from ._output import Result, Screen, cli_message, error_json
+    from ._output import Result
+    from ._terminal import Screen
+    from ._text import cli_message, error_json
 
     ctx = click.get_current_context()
     screen = Screen(json=bool(ctx.meta.get(JSON)))

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._output import Result, Screen
+from ._output import Result
+from ._terminal import Screen
 
 if TYPE_CHECKING:
     import asyncssh

@@ -31,20 +31,16 @@ from ._access import CLI_SESSION, Link, Where
 from ._hosts import fold, target_text
 from ._jobs import command_arg
 from ._output import (
-    BLOCKS,
     INTERRUPTED,
     RecordLines,
     Result,
-    Screen,
-    cli_message,
     exit_code,
     host_job_json,
     local_job_json,
     record_json,
-    run_status,
-    state_counts,
-    tag_bytes,
 )
+from ._terminal import BLOCKS, Screen, run_status, state_counts, tag_bytes
+from ._text import cli_message
 
 if TYPE_CHECKING:
     from .._core.job import Job

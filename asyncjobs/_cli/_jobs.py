@@ -16,20 +16,16 @@ import anyio
 
 from .._core.errors import AsyncJobsError
 from ._access import CLI_SESSION, Where, link
-from ._output import (
+from ._output import Result, exit_code, host_job_json, record_json, session_json
+from ._terminal import (
     BLOCKS,
     JOB_COLUMNS,
     JOB_FLEXIBLE,
     SESSION_COLUMNS,
     SESSION_FLEXIBLE,
-    Result,
     Screen,
-    exit_code,
-    host_job_json,
     job_rows,
-    record_json,
     run_status,
-    session_json,
     session_rows,
     state_counts,
 )
