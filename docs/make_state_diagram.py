@@ -1,6 +1,6 @@
 """Draw the job state table and diagram of ``docs/states.md`` from ``asyncjobs._core.state``.
 
-The transition table in ``asyncjobs/_state.py`` is the single source of truth (as in h11's
+The transition table in ``asyncjobs/_core/state.py`` is the single source of truth (as in h11's
 ``docs/source/make-state-diagrams.py``): this script renders it as a Markdown table and a Mermaid
 ``stateDiagram-v2`` and writes both between the ``<!-- BEGIN GENERATED -->`` and
 ``<!-- END GENERATED -->`` markers of ``docs/states.md``.
