@@ -81,13 +81,13 @@ if TYPE_CHECKING:
     from ._host.client import HostJobInfo as HostJobInfo
     from ._host.client import HostSession as HostSession
     from ._host.client import connect_local as connect_local
-    from ._host.client import get_sessions as get_sessions
     from ._host.protocol import SessionInfo as SessionInfo
     from ._local.manager import JobManager as JobManager
-    from ._remote.invoke import RemoteTimings as RemoteTimings
-    from ._remote.invoke import to_jsonl as timings_jsonl
-    from ._ssh.session import Session as Session
-    from ._ssh.session import connect as connect
+    from ._remote.connect import connect as connect
+    from ._remote.connect import get_sessions as get_sessions
+    from ._remote.fanout import to_jsonl as timings_jsonl
+    from ._remote.session import Session as Session
+    from ._ssh.runner import RemoteTimings as RemoteTimings
 
 # Remote names load asyncssh (~150 ms), so they are imported on first use: local jobs, the
 # job host on a remote machine and the command line's start-up never pay for it.
@@ -99,12 +99,12 @@ _LAZY = {
     "stop_requested": ("._core.context", "stop_requested"),
     "Job": ("._core.job", "Job"),
     "JobManager": ("._local.manager", "JobManager"),
-    "RemoteTimings": ("._remote.invoke", "RemoteTimings"),
-    "timings_jsonl": ("._remote.invoke", "to_jsonl"),
-    "Session": ("._ssh.session", "Session"),
-    "connect": ("._ssh.session", "connect"),
+    "RemoteTimings": ("._ssh.runner", "RemoteTimings"),
+    "timings_jsonl": ("._remote.fanout", "to_jsonl"),
+    "Session": ("._remote.session", "Session"),
+    "connect": ("._remote.connect", "connect"),
+    "get_sessions": ("._remote.connect", "get_sessions"),
     "connect_local": ("._host.client", "connect_local"),
-    "get_sessions": ("._host.client", "get_sessions"),
     "HostSession": ("._host.client", "HostSession"),
     "HostJobInfo": ("._host.client", "HostJobInfo"),
     "SessionInfo": ("._host.protocol", "SessionInfo"),

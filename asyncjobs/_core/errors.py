@@ -5,12 +5,9 @@ Every error says what it is about (the job, the host) and what to do about it.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .state import JobState
 
 
 class AsyncJobsError(Exception):
@@ -19,15 +16,18 @@ class AsyncJobsError(Exception):
 
 class JobStateError(AsyncJobsError):
     """An operation that the job's state does not allow (an illegal transition, removing a
-    running job without ``force``, removing a child job on its own, ...)."""
+    running job without ``force``, removing a child job on its own, ...).
+
+    ``from_state`` and ``to_state`` are ``JobState`` members (typed as their base, ``Enum``:
+    the state table raises this error, so this module does not import it back)."""
 
     def __init__(
         self,
         message: str,
         *,
         job: str | None = None,
-        from_state: JobState | None = None,
-        to_state: JobState | None = None,
+        from_state: enum.Enum | None = None,
+        to_state: enum.Enum | None = None,
     ) -> None:
         super().__init__(message)
         self.job = job

@@ -22,9 +22,9 @@ from typing import Any, final
 import anyio
 from anyio.abc import TaskStatus
 
-from .job import Job
+from .job import Job, JobKind
 from .log import RecordLog
-from .models import StreamName
+from .models import Buffer, StreamName
 from .state import Event
 
 
@@ -205,3 +205,19 @@ async def _wait_for_slot(job: Job, limiter: anyio.CapacityLimiter) -> bool:
     if not acquired and not job.state.is_finished:
         job._mark_stopped()
     return acquired
+
+
+# -- one job of no manager ------------------------------------------------------------------
+
+
+async def run_alone(name: str, kind: JobKind, command: str, location: str, body: Body) -> list[Any]:
+    """Run ``body`` as one job that no manager holds (``Session.invoke``: one command, waited
+    for) and return its output, or raise ``JobFailed`` / ``JobStopped`` as ``await job`` does.
+    Its records are released once it has returned."""
+    log = RecordLog(job_id=0, location=location, buffer=Buffer())
+    job = Job._leaf(id=0, name=name, kind=kind, command=command, location=location, log=log)
+    await run_in_slot(job, anyio.CapacityLimiter(1), body)  # always returns it finished
+    try:
+        return job._outcome()
+    finally:
+        log.release()

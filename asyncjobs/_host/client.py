@@ -1,4 +1,4 @@
-"""The controller side of the job host: ``connect_local()``, ``get_sessions(None)`` and
+"""The controller side of the job host: ``connect_local()``, ``get_local_sessions()`` and
 ``session.jobs``, the ``JobManager`` API over the wire.
 
 Jobs started through ``session.jobs`` run on the job host and keep their records there, also
@@ -441,6 +441,19 @@ class HostJobs:
         args = {"job": _job_id(job), "streams": _streams(streams)}
         return await self._pages(args, checks.from_seq(from_seq), checks.limit(limit))
 
+    async def read_page(
+        self, job: JobRef, from_seq: int = 0, *, limit: int | None = None, wait: float | None = None
+    ) -> Page:
+        """One page of ``read``: records from ``from_seq`` on (at most ``limit``, maybe fewer),
+        the ``next_seq`` to read on from and the job now; moves nothing. ``wait``: seconds to
+        wait for a first record (a long poll). A follower that mirrors a job pages with it."""
+        c = await self._c.connection()
+        request = await c.send(
+            "read", job=_job_id(job), from_seq=checks.from_seq(from_seq),
+            limit=checks.limit(limit), wait=checks.timeout(wait),
+        )  # fmt: skip
+        return parse_page(await c.result(request))
+
     async def _pages(self, args: dict[str, Any], seq: int, limit: int | None) -> list[Record]:
         """Every record ``read`` gives from ``seq`` on (at most ``limit``), page by page, the
         next page asked for before this one is decoded, so that the host reads it meanwhile.
@@ -701,23 +714,3 @@ async def get_local_sessions(directory: Path | None = None) -> list[SessionInfo]
         return await session.sessions()
     finally:
         await session.disconnect()
-
-
-async def get_sessions(
-    host: str | None = None, port: int = 22, username: str | None = None, **ssh_options: Any
-) -> list[SessionInfo]:
-    """Get-PSSession: the sessions on a host's job host (over SSH, with ``ssh_options`` as
-    for ``connect``); ``None``: this machine's job host."""
-    if host is None:
-        return await get_local_sessions()
-    import attrs as _attrs
-
-    from .._remote.remotehost import remote_sessions
-    from .._ssh.targets import Target
-
-    target = Target.parse(host)
-    if port != 22 and target.port is None:
-        target = _attrs.evolve(target, port=port)
-    if username is not None:
-        target = _attrs.evolve(target, username=username)
-    return await remote_sessions(target, ssh_options)

@@ -28,8 +28,7 @@ from . import process as _process
 from .thread import run_thread
 
 if TYPE_CHECKING:
-    from .._remote.invoke import FailurePolicy
-    from .._ssh.session import Session
+    from .._core.table import FailurePolicy, SessionTarget
 
 DEFAULT_MAX_CHANNELS = (
     10  # sshd's MaxSessions default (asyncjobs._ssh.session keeps the same number)
@@ -220,7 +219,7 @@ class JobManager:
 
     async def invoke(
         self,
-        targets: Sequence[str | Session] | str | Session,
+        targets: Sequence[str | SessionTarget] | str | SessionTarget,
         command: str | Sequence[str],
         /,
         *,
@@ -251,7 +250,7 @@ class JobManager:
         asyncssh client option for the temporary connections.
         Needs asyncio (asyncssh); returns at once with the children scheduled.
         """
-        from .._remote.invoke import start_invoke
+        from .._remote.fanout import start_invoke  # asyncssh: only for programs that invoke
 
         timeout = checks.timeout(timeout)
         stop_grace = self.stop_grace if stop_grace is None else checks.grace(stop_grace)

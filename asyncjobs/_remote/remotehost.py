@@ -1,11 +1,11 @@
-"""``session.jobs`` on an SSH ``Session``: the job host of a remote machine, over the SSH
-connection the session already has.
+"""The job host of a remote machine, over an SSH connection: the runtime, the bridge channel.
 
-On first use the controller makes sure the host has this version's runtime (``_runtime``:
+On first use the controller makes sure the host has this version's runtime (``_host.runtime``:
 hash-checked, installed into the user's cache through the connection if it is missing), then
 runs the bridge on a channel (``python3 -m asyncjobs._host.bridge``), which joins the channel to the
 user's job host there, starting it if needed. The rest is the same protocol, client and host
-as on this machine.
+as on this machine. ``Session.jobs`` opens its bridge through ``open_bridge``;
+``get_sessions(host)`` lists a host's sessions through ``remote_sessions``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import anyio.abc
 import asyncssh
 
 from .._core.errors import AsyncJobsError
-from .._host.client import HostConnection, HostSession, open_host_session
+from .._host.client import HostSession, open_host_session
 from .._host.protocol import SessionInfo
 from .._host.runtime import bridge_command, build_runtime, check_script, install_script
 from .._ssh.session import map_ssh_errors, open_connection, where_of
 
 if TYPE_CHECKING:
-    from .._ssh.session import Session
     from .._ssh.targets import Target
 
 
@@ -109,50 +108,6 @@ async def open_bridge(
     except BaseException:
         await stream.aclose()
         raise
-
-
-@final
-class RemoteHostConnection:
-    """What ``session.jobs`` talks through: the bridge, opened on first use."""
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._host: HostSession | None = None
-        self._lock = anyio.Lock()
-
-    async def host(self) -> HostSession:
-        async with self._lock:
-            if self._host is None:
-                session = self._session
-                self._host = await open_bridge(
-                    session.connection,
-                    session.where,
-                    session.location,
-                    name=session.name,
-                    **session._host_session,
-                )
-                if session.name is None:
-                    session.name = self._host.name
-                # From now on the session exists: reattaching after a reconnect must find it
-                # (had the host's idle_timeout ended it, recreating it empty would hide that).
-                session._host_session["create"] = False
-            return self._host
-
-    async def request(self, op: str, **args: Any) -> Any:
-        return await (await self.host())._c.request(op, **args)
-
-    async def connection(self) -> HostConnection:
-        return (await self.host())._c
-
-    def reset(self) -> None:
-        """The connection was made again: the next request opens a new bridge, and the job
-        host reattaches this session by name."""
-        self._host = None
-
-    async def disconnect(self) -> None:
-        if self._host is not None:
-            await self._host.disconnect()
-            self._host = None
 
 
 async def remote_sessions(target: Target, options: dict[str, Any]) -> list[SessionInfo]:

@@ -11,7 +11,7 @@ that did not fit wait in a short backlog that ``drain()`` appends (waiting for r
 resumes reading. ``drain()`` returns when the channel is closed and everything is in the log.
 
 The remote command is wrapped so that its first stdout line carries its process group id (see
-``_remote``); that line is taken off here and never reaches the log.
+``runner``); that line is taken off here and never reaches the log.
 
 Its stdin gets the job's input, if it has any, then EOF, as soon as the command has started (an
 ``ssh host cmd </dev/null`` without input): a remote command that reads stdin ends instead of

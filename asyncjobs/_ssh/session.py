@@ -1,4 +1,5 @@
-"""SSH sessions: ``connect()`` and ``Session``, on asyncssh.
+"""SSH connections on asyncssh: ``open_connection`` and ``SSHSession`` (a connection with its
+channel slots and reconnect; the public ``Session`` in the remote glue builds on it).
 
 This is the one place where asyncssh's and the operating system's connection errors become ours
 (``map_ssh_errors``), and the one place that checks for asyncio: asyncssh runs only there, so on
@@ -13,31 +14,24 @@ import functools
 import random
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import Any, Self
 
 import anyio
 import asyncssh
 import attrs
 
-from .._core import checks
 from .._core.errors import (
     AsyncJobsError,
     ConnectionFailed,
     HostKeyError,
-    JobArgumentError,
     ProtocolError,
 )
-from .._core.util import Opener
 from .config import HostKeys, check_files, resolve, usable_identities
 from .defaults import with_client_defaults
 from .targets import Target
-
-if TYPE_CHECKING:
-    from .._host.client import HostJobs
-    from .._remote.remotehost import RemoteHostConnection
 
 #: sshd's default ``MaxSessions``: more channels than this on one connection are refused.
 DEFAULT_MAX_CHANNELS = 10
@@ -115,9 +109,9 @@ async def open_connection(
     ``connect_timeout`` (default 30 s) covers TCP connect, handshake and authentication. The
     TCP connect is timed apart from the rest through the client's ``connection_made``. Where
     the caller and the SSH config choose none, asyncjobs's defaults apply: AES-GCM first on CPUs
-    with AES instructions, keepalives every 15 s (see ``_sshdefaults``). Beyond asyncssh, the
+    with AES instructions, keepalives every 15 s (see ``defaults``). Beyond asyncssh, the
     config's ``StrictHostKeyChecking`` decides about keys known_hosts does not list, and every
-    error names the host, user and port actually used (see ``_sshconfig``). A file the caller
+    error names the host, user and port actually used (see ``config``). A file the caller
     named that does not exist is a ``JobArgumentError`` before anything connects.
     """
     require_asyncio("connecting to a host")
@@ -235,13 +229,13 @@ def quick_acks(conn: asyncssh.SSHClientConnection) -> None:
     conn.data_received = data_received  # type: ignore[method-assign]
 
 
-@final
-class Session:
-    """A persistent SSH connection to one host (a PSSession).
+class SSHSession:
+    """A persistent SSH connection to one host: the connection, its channels, reconnecting.
 
     Remote jobs on a session share its one connection as separate channels, at most
     ``max_channels`` at once (sshd's ``MaxSessions``, 10 by default: one of them is kept free so
-    that ``stop()`` can always reach the host). Made by ``asyncjobs.connect()``.
+    that ``stop()`` can always reach the host). The public ``asyncjobs.Session`` builds on this
+    (its job host, ``invoke``); the fan-out's temporary connections are bare ``SSHSession``s.
     """
 
     def __init__(
@@ -249,22 +243,17 @@ class Session:
         conn: asyncssh.SSHClientConnection,
         target: Target,
         *,
-        name: str | None,
         max_channels: int,
         timings: ConnectTimings | None,
         options: dict[str, Any] | None = None,
-        host_session: dict[str, Any] | None = None,
     ) -> None:
         self._conn = conn
         self._options = dict(options or {})
-        #: How ``session.jobs`` opens its job host session: create=, idle_timeout=, ...
-        self._host_session = dict(host_session or {"create": True})
         #: Bounds opening a channel, as ``connect_timeout`` bounds connecting.
         self.channel_timeout = float(self._options.get("connect_timeout", 30.0))
         self._generation = 0  # how many times the connection was made again
         self._reconnecting = anyio.Lock()
         self._target = target
-        self.name = name
         self.host = target.host
         #: The port actually connected to (the SSH config's ``Port`` included).
         self.port: int = conn.get_extra_info("port") or target.port or 22
@@ -274,8 +263,6 @@ class Session:
         self._job_channels = anyio.CapacityLimiter(max(1, max_channels - 1))
         self._control_channels = anyio.CapacityLimiter(1)
         self._closed = False
-        self._host: RemoteHostConnection | None = None
-        self._jobs: HostJobs | None = None
 
     @property
     def location(self) -> str:
@@ -295,37 +282,26 @@ class Session:
         """The underlying asyncssh connection, for what asyncjobs does not wrap."""
         return self._conn
 
-    async def invoke(
-        self,
-        command: str | list[str],
-        *,
-        timeout: float | None = None,
-        lines: bool = True,
-        input: str | bytes | None = None,
-    ) -> list[Any]:
-        """Run ``command`` on the host and return its output lines (Invoke-Command -Session);
-        with ``lines=False``, its stdout as ``bytes`` chunks (``b"".join`` them). ``input``
-        (``str``, sent as UTF-8, or ``bytes``) is written to its stdin; then, and without
-        ``input`` at once, its stdin gets EOF (as from ``/dev/null``).
+    @asynccontextmanager
+    async def job_channel(self) -> AsyncIterator[None]:
+        """Hold one of the ``max_channels - 1`` channel slots for a command (waiting for one if
+        all are taken; no checkpoint when one is free: commands are short)."""
+        slots = self._job_channels
+        try:
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await slots.acquire()
+        try:
+            yield
+        finally:
+            slots.release()
 
-        Raises ``JobFailed`` (the exit status or signal in its ``reason``) if it fails.
-        """
-        from .._remote.invoke import invoke_on_session
-
-        return await invoke_on_session(self, command, timeout=timeout, lines=lines, input=input)
-
-    @property
-    def jobs(self) -> HostJobs:
-        """The job table of the host's job host (Invoke-Command { Start-Job }): jobs started
-        here run on the host and keep their results there, also while nobody is connected.
-        The first call installs the runtime if needed and opens the bridge."""
-        if self._jobs is None:
-            from .._host.client import HostJobs
-            from .._remote.remotehost import RemoteHostConnection
-
-            self._host = RemoteHostConnection(self)
-            self._jobs = HostJobs(self._host)
-        return self._jobs
+    @asynccontextmanager
+    async def control_channel(self) -> AsyncIterator[None]:
+        """Hold the one channel kept free for control (``stop()``'s kill reaches the host even
+        when every job channel is taken)."""
+        async with self._control_channels:
+            yield
 
     @property
     def generation(self) -> int:
@@ -334,10 +310,10 @@ class Session:
         return self._generation
 
     async def reconnect(self, seen: int | None = None) -> None:
-        """Make the connection again, with the same options, and (if the session has a job
-        host session) reattach to it by name. Raises ``ConnectionFailed`` if the host can't be
-        reached now. ``seen``: the generation the caller saw fail; if the session has been
-        reconnected since, this returns at once."""
+        """Make the connection again, with the same options (see ``_reconnected`` for what a
+        subclass does then). Raises ``ConnectionFailed`` if the host can't be reached now.
+        ``seen``: the generation the caller saw fail; if the session has been reconnected
+        since, this returns at once."""
         async with self._reconnecting:
             if seen is not None and seen != self._generation:
                 return
@@ -345,28 +321,27 @@ class Session:
             old, self._conn = self._conn, conn
             self.timings = timings
             self._generation += 1
-            if self._host is not None:
-                self._host.reset()
+            self._reconnected()
             old.close()
 
-    async def disconnect(self) -> None:
-        """Leave the session and its jobs running on the host's job host, and close the
-        connection; ``connect(host, name=...)`` reattaches later, from any process."""
-        await self.close()
+    def _reconnected(self) -> None:
+        """Called once the connection has been made again (a subclass resets what ran on the
+        old one)."""
+
+    async def _closing(self) -> None:
+        """Called (shielded) before the connection is closed; errors are the subclass's to
+        handle."""
 
     async def close(self) -> None:
-        """Close the connection. Jobs on the host's job host go on (the session is left
-        disconnected there); remote commands of ``invoke`` running on it fail."""
+        """Close the connection; remote commands running on it fail."""
         if not self._closed:
             self._closed = True
             with anyio.CancelScope(shield=True):
-                if self._host is not None:
-                    with contextlib.suppress(AsyncJobsError):
-                        await self._host.disconnect()
+                await self._closing()
                 self._conn.close()
                 await self._conn.wait_closed()
 
-    async def __aenter__(self) -> Session:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -385,69 +360,14 @@ class Session:
             "closed": self._closed,
         }
 
-    def __repr__(self) -> str:
-        name = f" {self.name!r}" if self.name else ""
+    def _repr(self, kind: str, name: str | None) -> str:
+        shown = f" {name!r}" if name else ""
         state = "closed" if self._closed else "open"
         user = f"{self.username}@" if self.username else ""
         return (
-            f"<asyncjobs.Session{name} {user}{self.location} {state} "
+            f"<{kind}{shown} {user}{self.location} {state} "
             f"channels={int(self._job_channels.borrowed_tokens)}/{self.max_channels}>"
         )
 
-
-def _check_max_channels(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 2:
-        raise JobArgumentError(
-            f"max_channels must be an int >= 2 (one channel is kept for stop), got {value!r}"
-        )
-    return value
-
-
-def connect(
-    host: str,
-    port: int = 22,
-    username: str | None = None,
-    name: str | None = None,
-    *,
-    max_channels: int = DEFAULT_MAX_CHANNELS,
-    idle_timeout: float | None = None,
-    output_buffering: Literal["block", "drop"] | None = None,
-    create: bool = True,
-    **ssh_options: Any,
-) -> Opener[Session]:
-    """Open a persistent session to ``host`` (New-PSSession): ``await`` it or ``async with`` it.
-
-    ``host`` may also be a target string (``user@host:port``). Every asyncssh client option
-    passes through (``known_hosts``, ``client_keys``, ``config`` — ``~/.ssh/config`` is read by
-    default —, ``tunnel``, ``connect_timeout``, ``keepalive_interval``, ...). Host keys are
-    verified against ``known_hosts`` by default.
-
-    ``name`` names the session on the host's job host (``session.jobs``): ``connect(host,
-    name=...)`` from any process reattaches to it. A new name creates it, unless
-    ``create=False``: then an unknown name is an error listing the sessions there.
-    ``idle_timeout`` (seconds a disconnected session waits before its jobs are stopped) and
-    ``output_buffering`` (``"block"`` or ``"drop"`` while disconnected) apply to a new session,
-    as for ``connect_local``.
-    """
-    target = Target.parse(host)
-    if port != 22 and target.port is None:
-        target = attrs.evolve(target, port=port)
-    if username is not None:
-        target = attrs.evolve(target, username=username)
-    _check_max_channels(max_channels)
-    host_session = checks.session_options(name, idle_timeout, output_buffering, create)
-    check_files(ssh_options)  # client_keys=, known_hosts=, config= that don't exist: now
-
-    async def opening() -> Session:
-        conn, timings = await open_connection(target, ssh_options)
-        return Session(
-            conn,
-            target,
-            name=name,
-            max_channels=max_channels,
-            timings=timings,
-            options=ssh_options,
-            host_session=host_session,
-        )
-
-    return Opener(opening, Session.close)
+    def __repr__(self) -> str:
+        return self._repr("asyncjobs.SSHSession", None)
