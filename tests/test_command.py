@@ -9,7 +9,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -27,9 +27,10 @@ from asyncjobs import (
     JobState,
     JobStopped,
 )
+from asyncjobs._core.clock import FakeClock
 from asyncjobs._core.lines import MAX_LINE, Line, LineSplitter, input_chunks
 from asyncjobs._core.log import RecordLog
-from asyncjobs._core.runner import Body, run_in_slot
+from asyncjobs._core.runner import Body, Run, run_in_slot
 from asyncjobs._local.command import CommandSpec, run_command
 
 from .conftest import eventually, pid_alive, python
@@ -63,8 +64,8 @@ def lone_job(spec: CommandSpec) -> tuple[Job, Body]:
         id=1, name="t", kind="BackgroundJob", command=spec.display, location="localhost", log=log
     )
 
-    async def body(started: Callable[[], None]) -> None:
-        await run_command(job, spec, started)
+    async def body(run: Run) -> None:
+        await run_command(run, spec)
 
     return job, body
 
@@ -483,19 +484,34 @@ def children_running(name: str, marker: str) -> list[psutil.Process]:
     return found
 
 
+IGNORES_TERM = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + PRINT_PID
+
+
 async def test_a_program_ignoring_sigterm_is_killed_after_the_grace(reap_pids: list[int]) -> None:
-    code = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + PRINT_PID
-    async with JobManager() as jobs:
-        job = await jobs.start_command(python(code + "time.sleep(100)"), stop_grace=0.3)
+    """TERM, the grace period (on the manager's clock: a fake one, so no real wait), KILL."""
+    clock = FakeClock()
+    async with JobManager(clock=clock) as jobs:
+        job = await jobs.start_command(python(IGNORES_TERM + "time.sleep(100)"), stop_grace=30)
         pid = int(await first_output(job))  # printed after SIGTERM is ignored
         reap_pids.append(pid)
         started = time.monotonic()
         await job.stop()
         elapsed = time.monotonic() - started
-    assert 0.3 <= elapsed < 5
+    assert elapsed < 5 and clock.waited == [30]  # the grace, asked of the clock, not waited
     assert job.state is JobState.STOPPED
     assert job.exit_status == -signal.SIGKILL
     assert not pid_alive(pid)
+
+
+async def test_the_grace_period_is_real_time_by_default(reap_pids: list[int]) -> None:
+    async with JobManager() as jobs:
+        job = await jobs.start_command(python(IGNORES_TERM + "time.sleep(100)"), stop_grace=0.1)
+        reap_pids.append(int(await first_output(job)))
+        started = time.monotonic()
+        await job.stop()
+        elapsed = time.monotonic() - started
+    assert 0.1 <= elapsed < 5
+    assert job.exit_status == -signal.SIGKILL and not pid_alive(reap_pids[0])
 
 
 async def test_stop_kills_grandchildren(reap_pids: list[int]) -> None:

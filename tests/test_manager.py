@@ -6,10 +6,12 @@ import threading
 import time
 
 import anyio
+import anyio.abc
 import pytest
 
 import asyncjobs
 from asyncjobs import AsyncJobsError, JobArgumentError, JobManager, JobState, JobStateError
+from asyncjobs._core.clock import REAL, FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -196,3 +198,34 @@ async def test_ids_are_small_and_instance_ids_unique() -> None:
         assert [j.id for j in made] == [1, 2, 3, 4, 5]
         assert len({j.instance_id for j in made}) == 5
         assert [j.name for j in made] == [f"Job{i}" for i in range(1, 6)]
+
+
+async def test_a_failing_enter_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker pool is entered before the task group: if the group fails to start, the pool
+    is closed again (an AsyncExitStack unwinds what was entered), not leaked."""
+    real = anyio.create_task_group
+
+    def broken() -> anyio.abc.TaskGroup:
+        monkeypatch.setattr(anyio, "create_task_group", real)  # only the manager's own call
+        raise OSError("no task group today")
+
+    monkeypatch.setattr(anyio, "create_task_group", broken)
+    jobs = JobManager()
+    with pytest.raises(OSError, match="no task group today"):
+        await jobs.__aenter__()
+    assert jobs._workers is not None
+    assert repr(jobs._workers).startswith("<asyncjobs.WorkerPool closed ")
+
+
+async def test_the_fake_clock_passes_time_at_once() -> None:
+    clock = FakeClock()
+    started = time.monotonic()
+    await clock.sleep(30)
+    with clock.move_on_after(60) as scope:
+        await anyio.sleep(60)
+    assert scope.cancelled_caught and time.monotonic() - started < 1
+    assert (clock.now(), clock.waited) == (90.0, [30, 60])
+    assert REAL.now() == pytest.approx(anyio.current_time(), abs=1)
+    with REAL.move_on_after(0.01) as scope:
+        await REAL.sleep(5)
+    assert scope.cancelled_caught

@@ -33,6 +33,7 @@ from asyncjobs import (
     Progress,
     RemoteError,
 )
+from asyncjobs._core.clock import FakeClock
 from asyncjobs._local.process import WorkerPool
 from tests.conftest import eventually, pid_alive
 
@@ -341,14 +342,30 @@ async def test_stop_kills_the_worker_and_the_next_job_gets_a_new_one() -> None:
 async def test_a_worker_ignoring_sigterm_is_killed_after_the_grace(
     reap_pids: list[int],
 ) -> None:
-    async with JobManager(process_limit=1, stop_grace=0.3) as jobs:
+    """TERM, ``stop_grace`` (on a fake clock: asked for, not waited), KILL."""
+    clock = FakeClock()
+    async with JobManager(process_limit=1, stop_grace=30, clock=clock) as jobs:
         job = await jobs.start_process(ignores_sigterm)
         with anyio.fail_after(10):
             worker = await job.stream().__anext__()
         reap_pids.append(worker)
         started = time.monotonic()
         await job.stop()
-        assert time.monotonic() - started >= 0.3
+        assert time.monotonic() - started < 5 and clock.waited == [30]
+        assert job.state is JobState.STOPPED and not pid_alive(worker)
+
+
+async def test_the_workers_grace_period_is_real_time_by_default(
+    reap_pids: list[int],
+) -> None:
+    async with JobManager(process_limit=1, stop_grace=0.1) as jobs:
+        job = await jobs.start_process(ignores_sigterm)
+        with anyio.fail_after(10):
+            worker = await job.stream().__anext__()
+        reap_pids.append(worker)
+        started = time.monotonic()
+        await job.stop()
+        assert time.monotonic() - started >= 0.1
         assert job.state is JobState.STOPPED and not pid_alive(worker)
 
 

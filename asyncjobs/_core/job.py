@@ -415,3 +415,24 @@ def ensure_job(value: object, what: str = "job") -> Job:
             f"{what} must be an asyncjobs.Job, got {type(value).__name__}: {value!r}"
         )
     return value
+
+
+# -- what the job table may do to its jobs ----------------------------------------------------
+# Named functions rather than more of Job's surface (spec/API.md fixes that): the manager and the
+# job host keep jobs in tables, name them in errors and free their records, never reaching into
+# Job's private state themselves.
+
+
+def label(job: Job) -> str:
+    """How errors name ``job``: ``job 3 ('build')``."""
+    return job._label()
+
+
+def release(job: Job) -> None:
+    """Free the records of ``job`` (its leaves' logs and spill files): it left its table."""
+    job._release()
+
+
+def watch(job: Job, listener: Callable[[Job], None]) -> None:
+    """Call ``listener(job)`` at every change of ``job``'s state, after the listeners before."""
+    job._listeners.append(listener)

@@ -15,12 +15,13 @@ finished state: failure is a state, never a job left RUNNING because its runner 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, final
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from .job import Job, JobKind
 from .log import RecordLog
@@ -63,12 +64,22 @@ class Run:
         self.log.append_nowait(stream, value)
 
     async def append(self, stream: StreamName, value: Any) -> None:
-        """Append, waiting for room in a full ``block`` buffer (the backpressure). No coroutine
-        is made when there is room, which is almost always."""
+        """Append, waiting for room in a full ``block`` buffer (the backpressure). It never
+        suspends when there is room, which is almost always."""
         try:
             self.log.append_nowait(stream, value)
         except anyio.WouldBlock:
             await self.log.append(stream, value)
+
+    async def extend(self, stream: StreamName, values: Iterable[Any]) -> None:
+        """``append`` each of ``values`` in order: the hot loop of a reader (a pipe's lines),
+        one coroutine per batch rather than per record."""
+        append_nowait = self.log.append_nowait
+        for value in values:
+            try:
+                append_nowait(stream, value)
+            except anyio.WouldBlock:
+                await self.log.append(stream, value)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -181,6 +192,54 @@ async def run_in_slot(
             run.failed(RuntimeError(f"the runner of {run.label} ended without a result"))
         if not signalled:  # start_* returns the job, finished as it is (e.g. FAILED at spawn)
             task_status.started()
+
+
+@final
+class SlotQueue:
+    """Starts jobs on the slots of ``limiter`` through ``run_in_slot``; a job that must wait for a
+    slot waits in a queue here, without a task of its own.
+
+    ``start`` runs a job at once in a new task if a slot is free (returning once it runs), else
+    queues it and returns, the job in ``NOT_STARTED``. At most one task per slot (a *driver*)
+    takes queued jobs one after another, each through ``run_in_slot`` (which waits for the slot
+    like any other borrower of the limiter). ``stop()`` on a queued job finishes it as
+    ``STOPPED`` at once; its driver skips it. With many more jobs than slots, a task, a cancel
+    scope and a limiter wait per queued job were most of a short job's cost.
+    """
+
+    __slots__ = ("_drivers", "_queue", "limiter")
+
+    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
+        self.limiter = limiter
+        self._queue: deque[tuple[Job, Body]] = deque()
+        self._drivers = 0
+
+    async def start(self, tg: TaskGroup, job: Job, body: Body) -> None:
+        if self._queue or self.limiter.available_tokens < 1:  # in line behind the others
+            self._queue.append((job, body))
+            if self._drivers < self.limiter.total_tokens:
+                self._drivers += 1
+                tg.start_soon(self._drive, None)
+            return
+        self._drivers += 1
+        await tg.start(self._drive, (job, body))
+
+    async def _drive(
+        self,
+        first: tuple[Job, Body] | None,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            if first is not None:
+                await run_in_slot(first[0], self.limiter, first[1], task_status=task_status)
+            queue = self._queue
+            while queue:
+                job, body = queue.popleft()
+                if not job.state.is_finished:  # else stopped while it waited
+                    await run_in_slot(job, self.limiter, body)
+        finally:
+            self._drivers -= 1
 
 
 async def _wait_for_slot(job: Job, limiter: anyio.CapacityLimiter) -> bool:

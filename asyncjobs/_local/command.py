@@ -2,12 +2,14 @@
 are error records.
 
 ``CommandSpec.build`` checks everything it can before a job exists (a bad ``cwd`` raises at
-``start_command`` and creates no job); ``run_command`` is the job's body.
+``start_command`` and creates no job); ``run_command`` is the job's body, driven through its
+``Run`` (the runner API).
 
 - The program leads its own process group (a new session), so stopping the job stops whatever it
-  started too: ``stop()`` sends SIGTERM to the group, waits ``stop_grace`` seconds, sends SIGKILL,
-  and always reaps. When the job ends, for whatever reason, anything still left in the group is
-  killed: nothing a job started outlives it (a program meant to must leave the group: ``setsid``).
+  started too: ``stop()`` sends SIGTERM to the group, waits ``stop_grace`` seconds (on the
+  runner's ``Clock``), sends SIGKILL, and always reaps. When the job ends, for whatever reason,
+  anything still left in the group is killed: nothing a job started outlives it (a program
+  meant to must leave the group: ``setsid``).
 - The job ends once the program has exited *and* both pipes are at EOF, so output written by a
   grandchild that still holds the pipes is not lost (and such a job stays ``RUNNING`` until it is
   done, or stopped).
@@ -31,11 +33,11 @@ from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 from .._core import checks
 from .._core.checks import SHELL as _SHELL
 from .._core.checks import Input as Input
+from .._core.clock import REAL, Clock
 from .._core.errors import CommandFailed, JobArgumentError
-from .._core.job import Job
 from .._core.lines import CHUNK, check_lines, input_chunks, splitter
-from .._core.log import RecordLog
 from .._core.models import StreamName
+from .._core.runner import Run
 
 _BROKEN = (
     anyio.BrokenResourceError,
@@ -128,36 +130,34 @@ Pump = Callable[[ByteReceiveStream, StreamName], Awaitable[None]]
 
 
 async def run_command(
-    job: Job, spec: CommandSpec, started: Callable[[], None], pump: Pump | None = None
+    run: Run, spec: CommandSpec, pump: Pump | None = None, *, clock: Clock = REAL
 ) -> None:
-    """The body of a command job (see ``_runner.run_in_slot``): spawn, read both pipes until the
+    """The body of a command job (see ``run_in_slot``): spawn, read both pipes until the
     program exited and they are at EOF, report how it ended.
 
     ``pump`` reads a pipe; the default splits it into the job's record log (the job host
     passes one that packs lines into its store). Whatever ends it (the program, ``stop()``, a
     cancellation with the manager, a failing input iterable), the process group is terminated
-    and reaped before this returns or raises.
+    (the grace period on ``clock``) and reaped before this returns or raises.
     """
     if pump is None:
-        log = job._log
-        assert log is not None
 
         async def pump(stream: ByteReceiveStream, name: StreamName) -> None:
-            await _pump(stream, log, name, spec.lines)
+            await _pump(stream, run, name, spec.lines)
 
-    process = await _spawn(job, spec)
+    process = await _spawn(run, spec)
     async with process:  # closes the pipes and reaps, once _terminate has made sure it exits
         try:
-            if not job.stop_requested:  # else stop() landed while it was being spawned
-                started()
-                await _supervise(job, spec, process, pump)
+            if not run.stop_requested:  # else stop() landed while it was being spawned
+                run.started()
+                await _supervise(run, spec, process, pump)
         finally:
             with anyio.CancelScope(shield=True):
-                await _terminate(process, spec.stop_grace)
-    _report(job, spec, process.returncode)
+                await _terminate(process, spec.stop_grace, clock)
+    _report(run, spec, process.returncode)
 
 
-async def _spawn(job: Job, spec: CommandSpec) -> Process:
+async def _spawn(run: Run, spec: CommandSpec) -> Process:
     """Start the program in a new session (so in its own process group). ``OSError`` becomes
     ``CommandFailed`` here, the one place where the operating system's errors are translated."""
     try:
@@ -171,15 +171,14 @@ async def _spawn(job: Job, spec: CommandSpec) -> Process:
             start_new_session=True,
         )
     except OSError as exc:
-        error = _spawn_error(job, spec, exc)
-        assert job._log is not None
-        job._log.append_nowait("error", error)  # why it failed, where records are read too
+        error = _spawn_error(run.label, spec, exc)
+        run.append_nowait("error", error)  # why it failed, where records are read too
         raise error from exc
 
 
-def _spawn_error(job: Job, spec: CommandSpec, exc: OSError) -> CommandFailed:
+def _spawn_error(label: str, spec: CommandSpec, exc: OSError) -> CommandFailed:
     program = spec.argv[0]
-    where = f"{job._label()}: can't run {program!r}"
+    where = f"{label}: can't run {program!r}"
     if exc.filename is not None and os.fspath(exc.filename) == spec.cwd:
         message = f"{where}: its cwd {spec.cwd!r} is gone ({exc.strerror}); pass an existing cwd="
     elif isinstance(exc, FileNotFoundError):
@@ -192,39 +191,29 @@ def _spawn_error(job: Job, spec: CommandSpec, exc: OSError) -> CommandFailed:
     return CommandFailed(message)
 
 
-async def _supervise(job: Job, spec: CommandSpec, process: Process, pump: Pump) -> None:
+async def _supervise(run: Run, spec: CommandSpec, process: Process, pump: Pump) -> None:
     """Feed stdin and read stdout and stderr until the program has exited and both pipes are at
     EOF (stdin feeding is abandoned then), or until ``stop()``."""
     assert process.stdout is not None and process.stderr is not None
     failed: list[Exception] = []
-    with anyio.CancelScope() as scope:
-        # stop() cancels through a state listener, and stdout is read in this task: one task
-        # and one task group per command less (short commands are dominated by them).
-        def on_change(changed: Job) -> None:
-            if changed.stop_requested:
-                scope.cancel()
-
-        job._listeners.append(on_change)
-        try:
-            if job.stop_requested:
-                scope.cancel()
-            async with anyio.create_task_group() as tg:
-                if process.stdin is not None and spec.input is not None:
-                    tg.start_soon(_feed, process.stdin, spec.input, failed, tg.cancel_scope)
-                stderr_done = anyio.Event()
-                tg.start_soon(
-                    _pump_then_set, pump, process.stderr, stderr_done, failed, tg.cancel_scope
-                )
-                try:
-                    await pump(process.stdout, "output")
-                except Exception as exc:  # e.g. the log's spill failed (a full disk)
-                    failed.append(exc)
-                else:
-                    await stderr_done.wait()
-                    await process.wait()
-                tg.cancel_scope.cancel()
-        finally:
-            job._listeners.remove(on_change)
+    # stop() cancels through a state listener, and stdout is read in this task: one task and
+    # one task group per command less (short commands are dominated by them).
+    with run.cancelled_on_stop():
+        async with anyio.create_task_group() as tg:
+            if process.stdin is not None and spec.input is not None:
+                tg.start_soon(_feed, process.stdin, spec.input, failed, tg.cancel_scope)
+            stderr_done = anyio.Event()
+            tg.start_soon(
+                _pump_then_set, pump, process.stderr, stderr_done, failed, tg.cancel_scope
+            )
+            try:
+                await pump(process.stdout, "output")
+            except Exception as exc:  # e.g. the log's spill failed (a full disk)
+                failed.append(exc)
+            else:
+                await stderr_done.wait()
+                await process.wait()
+            tg.cancel_scope.cancel()
     # The job's reason is the failure itself, not a task group's ExceptionGroup around it:
     # a pump failed (the log refused a line: its spill failed), or a lazy input iterable
     # raised or yielded something that is not a line.
@@ -248,28 +237,21 @@ async def _pump_then_set(
         done.set()
 
 
-async def _pump(stream: ByteReceiveStream, log: RecordLog, name: StreamName, lines: bool) -> None:
-    """Append every line (or, with ``lines=False``, every chunk) of ``stream`` to ``log``, in
-    order, until EOF.
-
-    The hot loop: ``append_nowait`` costs no coroutine per line. When a ``block`` buffer is full it
-    raises ``WouldBlock`` and the awaited ``append`` waits for room; meanwhile nothing is read.
-    """
+async def _pump(stream: ByteReceiveStream, run: Run, name: StreamName, lines: bool) -> None:
+    """Append every line (or, with ``lines=False``, every chunk) of ``stream`` to the job's log,
+    in order, until EOF. When a ``block`` buffer is full the append waits for room; meanwhile
+    nothing is read, the pipe fills and the kernel holds the program."""
     split = splitter(lines)
-    append_nowait = log.append_nowait
+    extend = run.extend
     while True:
         try:
             chunk = await stream.receive(CHUNK)
         except anyio.EndOfStream:
             break
-        for line in split.feed(chunk):
-            try:
-                append_nowait(name, line)
-            except anyio.WouldBlock:
-                await log.append(name, line)
+        await extend(name, split.feed(chunk))
     tail = split.flush()
     if tail is not None:
-        await log.append(name, tail)
+        await run.append(name, tail)
 
 
 async def _feed(
@@ -290,14 +272,14 @@ async def _feed(
         scope.cancel()
 
 
-async def _terminate(process: Process, grace: float) -> None:
+async def _terminate(process: Process, grace: float, clock: Clock) -> None:
     """Make sure nothing of the program runs any more (call it shielded): a running program's
-    group gets SIGTERM, ``grace`` seconds, then SIGKILL; the program is reaped; whatever is left
-    of its group afterwards (a grandchild) is killed."""
+    group gets SIGTERM, ``grace`` seconds on ``clock``, then SIGKILL; the program is reaped;
+    whatever is left of its group afterwards (a grandchild) is killed."""
     pgid = process.pid  # a new session: the program leads its own group
     if process.returncode is None:
         _killpg(pgid, signal.SIGTERM)
-        with anyio.move_on_after(grace):
+        with clock.move_on_after(grace):
             await process.wait()
         if process.returncode is None:
             _killpg(pgid, signal.SIGKILL)
@@ -310,23 +292,23 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _report(job: Job, spec: CommandSpec, code: int | None) -> None:
+def _report(run: Run, spec: CommandSpec, code: int | None) -> None:
     """The exit status becomes the job's end: COMPLETED, FAILED, or STOPPED if it was asked to."""
-    if job.state.is_finished:  # already ended elsewhere: nothing left to report
+    if run.job.state.is_finished:  # already ended elsewhere: nothing left to report
         return
-    job.exit_status = code
-    if job.stop_requested:
-        job._mark_stopped()
+    run.job.exit_status = code
+    if run.stop_requested:
+        run.stopped()
     elif code == 0:
-        job._complete()
+        run.completed()
     else:
         assert code is not None
-        job._fail(_exit_error(job, spec, code))
+        run.failed(_exit_error(run.label, spec, code))
 
 
-def _exit_error(job: Job, spec: CommandSpec, code: int) -> CommandFailed:
+def _exit_error(label: str, spec: CommandSpec, code: int) -> CommandFailed:
     display = spec.display if len(spec.display) <= 100 else spec.display[:97] + "..."
-    subject = f"{job._label()}: command {display!r}"
+    subject = f"{label}: command {display!r}"
     if code < 0:
         try:
             name = signal.Signals(-code).name

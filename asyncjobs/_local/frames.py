@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import Any, Final, final
 
 import anyio
 import anyio.lowlevel
@@ -23,12 +23,10 @@ import attrs
 from anyio.abc import Process
 
 from .._core import checks
+from .._core.clock import REAL, Clock
 from .._core.errors import JobArgumentError
 from . import worker as _worker
 from .worker import HEADER
-
-if TYPE_CHECKING:
-    from .._core.job import Job
 
 #: How much to ask the pipe for at once: many small frames arrive in one read.
 CHUNK: Final = 1 << 18
@@ -365,11 +363,6 @@ class Worker:
             if self._wfd >= 0:
                 anyio.notify_closing(self._wfd)
 
-    def interrupt_on_stop(self, job: Job) -> None:
-        """A job state listener: ``interrupt()`` once ``stop()`` is called on the job."""
-        if job.stop_requested:
-            self.interrupt()
-
     def _close_stdin(self) -> None:
         fd, self._wfd = self._wfd, -1
         if fd >= 0:
@@ -385,43 +378,43 @@ class Worker:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signum)
 
-    async def kill(self, grace: float) -> None:
-        """TERM the group, KILL it after ``grace`` seconds, always reap (shielded)."""
+    async def kill(self, grace: float, clock: Clock = REAL) -> None:
+        """TERM the group, KILL it after ``grace`` seconds on ``clock``, always reap (shielded)."""
         with anyio.CancelScope(shield=True):
             if self.alive:
                 self.signal_group(signal.SIGTERM)
-                await self._wait_then_kill(grace)
+                await self._wait_then_kill(grace, clock)
             self._close_pipes()
             await self.process.aclose()
 
-    async def close(self, grace: float) -> None:
+    async def close(self, grace: float, clock: Clock = REAL) -> None:
         """Let an idle worker exit on its own (EOF on its stdin); kill it if it does not."""
         with anyio.CancelScope(shield=True):
             self._close_stdin()
             if self.alive:
-                await self._wait_then_kill(grace)
+                await self._wait_then_kill(grace, clock)
             else:  # it ended just now (reaped by that very check, on trio)
                 self.signal_group(signal.SIGKILL)
             self._close_pipes()
             await self.process.aclose()
 
-    async def wait_dead(self, grace: float) -> int | None:
+    async def wait_dead(self, grace: float, clock: Clock = REAL) -> int | None:
         """After EOF: reap the worker and return its exit status (negative: the signal), or
         ``None`` if it had to be killed because it lived on without its pipe."""
         try:
             if self.alive:
-                return await self._wait_then_kill(grace)
+                return await self._wait_then_kill(grace, clock)
             self.signal_group(signal.SIGKILL)  # it ended just now: what it left in its group
             return self.process.returncode
         finally:  # cancelled or not: reaped
-            await self.kill(grace)
+            await self.kill(grace, clock)
 
-    async def _wait_then_kill(self, grace: float) -> int | None:
+    async def _wait_then_kill(self, grace: float, clock: Clock) -> int | None:
         """Wait up to ``grace`` for the worker to end, then SIGKILL its group: the worker itself
         if it is still there, else whatever it left behind. The group is signalled right as
         the worker is reaped (no await in between), never later, when its pid may be reused.
         The exit status if it ended within ``grace``."""
-        with anyio.move_on_after(grace):
+        with clock.move_on_after(grace):
             await self.process.wait()
         status = self.process.returncode
         self.signal_group(signal.SIGKILL)

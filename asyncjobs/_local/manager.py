@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
 
@@ -17,11 +18,12 @@ import attrs
 from anyio.abc import TaskGroup
 
 from .._core import checks
+from .._core.clock import REAL, Clock
 from .._core.errors import AsyncJobsError, JobArgumentError, JobStateError, NoSuchJob
-from .._core.job import Job, JobKind, ensure_job
+from .._core.job import Job, JobKind, ensure_job, label, release, watch
 from .._core.log import RecordLog
 from .._core.models import Buffer, ManagerStatistics
-from .._core.runner import Run, run_in_slot
+from .._core.runner import Run, SlotQueue
 from .._core.state import JobState, state_named
 from . import command as _command
 from . import process as _process
@@ -45,6 +47,8 @@ class JobManager:
 
     ``async with JobManager(thread_limit=8, process_limit=4) as jobs:`` — jobs beyond a limit wait
     in ``NOT_STARTED`` until a slot frees. Leaving the block stops what still runs.
+    ``clock`` is what ``stop_grace`` is measured on: anyio's time, or a test's
+    ``asyncjobs._core.clock.FakeClock``, on which grace periods pass at once.
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class JobManager:
         process_limit: int | None = None,
         buffer: Buffer | None = None,
         stop_grace: float = 5.0,
+        clock: Clock = REAL,
     ) -> None:
         self.thread_limit = _positive("thread_limit", thread_limit, _default_threads())
         self.process_limit = _positive("process_limit", process_limit, os.cpu_count() or 1)
@@ -61,6 +66,8 @@ class JobManager:
         if not isinstance(self.buffer, Buffer):
             raise JobArgumentError(f"buffer must be an asyncjobs.Buffer, got {buffer!r}")
         self.stop_grace = checks.grace(stop_grace)
+        #: What grace periods are measured on (tests pass an ``asyncjobs._core.clock.FakeClock``).
+        self.clock = clock
         self._jobs: dict[int, Job] = {}
         self._next_id = 1
         self._tg: TaskGroup | None = None
@@ -69,7 +76,11 @@ class JobManager:
         self._thread_slots: anyio.CapacityLimiter | None = None
         self._thread_pool: anyio.CapacityLimiter | None = None
         self._process_slots: anyio.CapacityLimiter | None = None
+        # Where jobs wait for a slot (one queue per limiter: command and process jobs share one).
+        self._thread_queue: SlotQueue | None = None
+        self._process_queue: SlotQueue | None = None
         self._workers: _process.WorkerPool | None = None
+        self._exits: AsyncExitStack | None = None
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -80,10 +91,20 @@ class JobManager:
         # The pool limiter only bounds to_thread; slots are taken on _thread_slots first.
         self._thread_pool = anyio.CapacityLimiter(self.thread_limit)
         self._process_slots = anyio.CapacityLimiter(self.process_limit)
-        self._workers = _process.WorkerPool(size=self.process_limit, stop_grace=self.stop_grace)
-        await self._workers.__aenter__()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        self._thread_queue = SlotQueue(self._thread_slots)
+        self._process_queue = SlotQueue(self._process_slots)
+        # Entered in order, left in reverse: the records are freed last, the workers outlive
+        # the runners' task group, and if entering something fails, the stack leaves what was
+        # entered before it (nothing outlives its owner).
+        async with AsyncExitStack() as stack:
+            stack.callback(self._release_all)
+            self._workers = await stack.enter_async_context(
+                _process.WorkerPool(
+                    size=self.process_limit, stop_grace=self.stop_grace, clock=self.clock
+                )
+            )
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._exits = stack.pop_all()
         return self
 
     async def __aexit__(
@@ -92,21 +113,22 @@ class JobManager:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._tg is not None and self._workers is not None
+        assert self._exits is not None
         self._closed = True
         try:
             with anyio.CancelScope(shield=True):
                 await self._stop_all()
+        finally:
             # Every runner has finished (runners record failures, never raise them), so the
             # group ends cleanly; the caller's own exception then propagates as it was, not
-            # wrapped in an ExceptionGroup.
-            await self._tg.__aexit__(None, None, None)
-            return None
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._workers.__aexit__(None, None, None)
-            for job in self._jobs.values():
-                job._release()
+            # wrapped in an ExceptionGroup. Then the workers are reaped (the pool shields
+            # that itself) and the records freed.
+            await self._exits.aclose()
+        return None
+
+    def _release_all(self) -> None:
+        for job in self._jobs.values():
+            release(job)
 
     async def _stop_all(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -141,13 +163,13 @@ class JobManager:
         tg = self._open_group()
         _check_callable(fn, "start_thread")
         job = self._new_job(name, "ThreadJob", _describe(fn), buffer)
-        assert self._thread_slots is not None and self._thread_pool is not None
+        assert self._thread_queue is not None and self._thread_pool is not None
         pool = self._thread_pool
 
         async def body(run: Run) -> None:
-            await run_thread(job, fn, args, kwargs, pool, run.started)
+            await run_thread(run, fn, args, kwargs, pool)
 
-        await tg.start(run_in_slot, job, self._thread_slots, body)
+        await self._thread_queue.start(tg, job, body)
         return job
 
     async def start_process(
@@ -175,8 +197,13 @@ class JobManager:
         await anyio.lowlevel.checkpoint()  # cancelled here: no job made
         tg = self._open_group()
         job = self._new_job(name, "BackgroundJob", _describe(fn), buffer)
-        assert self._process_slots is not None and self._workers is not None
-        await self._workers.start(job, call, self._process_slots, tg, isolated=isolated)
+        assert self._process_queue is not None and self._workers is not None
+        workers = self._workers
+
+        async def body(run: Run) -> None:
+            await _process.run_process(run, call, workers, isolated=isolated)
+
+        await self._process_queue.start(tg, job, body)
         return job
 
     async def start_command(
@@ -209,12 +236,14 @@ class JobManager:
             lines=lines,
         )
         job = self._new_job(name, "BackgroundJob", spec.display, buffer)
-        assert self._process_slots is not None
+        assert self._process_queue is not None
+
+        clock = self.clock
 
         async def body(run: Run) -> None:
-            await _command.run_command(job, spec, run.started)
+            await _command.run_command(run, spec, clock=clock)
 
-        await tg.start(run_in_slot, job, self._process_slots, body)
+        await self._process_queue.start(tg, job, body)
         return job
 
     async def invoke(
@@ -294,7 +323,7 @@ class JobManager:
         job = Job._leaf(
             id=job_id, name=name, kind=kind, command=command, location=location, log=log
         )
-        job._listeners.append(self._job_changed)
+        watch(job, self._job_changed)
         self._jobs[job_id] = job
         return job
 
@@ -305,7 +334,7 @@ class JobManager:
         job_id = self._next_id
         self._next_id += 1
         job = Job._parent(id=job_id, name=name, kind=kind, command=command, children=children)
-        job._listeners.append(self._job_changed)
+        watch(job, self._job_changed)
         for child in children:
             self._jobs.pop(child.id, None)  # children are reached through their parent
         self._jobs[job_id] = job
@@ -393,7 +422,7 @@ class JobManager:
             return self[job]
         job = ensure_job(job)
         if job not in self:
-            raise NoSuchJob(f"{job._label()} is not in this JobManager (removed, or another's)")
+            raise NoSuchJob(f"{label(job)} is not in this JobManager (removed, or another's)")
         return job
 
     async def wait(
@@ -428,19 +457,19 @@ class JobManager:
         target = self._resolve(job)
         if target.parent is not None:
             raise JobStateError(
-                f"{target._label()} is a child of {target.parent._label()}; remove the parent",
-                job=target._label(),
+                f"{label(target)} is a child of {label(target.parent)}; remove the parent",
+                job=label(target),
             )
         if not target.state.is_finished:
             if not force:
                 raise JobStateError(
-                    f"{target._label()} is {target.state.name}; stop it first or pass force=True",
-                    job=target._label(),
+                    f"{label(target)} is {target.state.name}; stop it first or pass force=True",
+                    job=label(target),
                     from_state=target.state,
                 )
             await target.stop()
         self._jobs.pop(target.id, None)
-        target._release()
+        release(target)
 
     def statistics(self) -> ManagerStatistics:
         by_state: dict[str, int] = {}

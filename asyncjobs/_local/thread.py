@@ -18,8 +18,8 @@ import anyio.from_thread
 import anyio.to_thread
 
 from .._core.context import current_sink
-from .._core.job import Job
 from .._core.models import StreamName
+from .._core.runner import Run
 
 
 class _StoppedAtYield(Exception):
@@ -30,19 +30,16 @@ class _StoppedAtYield(Exception):
 class ThreadSink:
     """The current job as a worker thread sees it: emits cross to the loop and wait there."""
 
-    __slots__ = ("_append", "_job", "_token")
+    __slots__ = ("_run",)
 
-    def __init__(self, job: Job) -> None:
-        self._job = job
-        log = job._log
-        assert log is not None
-        self._append = log.append
+    def __init__(self, run: Run) -> None:
+        self._run = run
 
     def emit(self, stream: StreamName, value: Any) -> None:
-        anyio.from_thread.run(self._append, stream, value)
+        anyio.from_thread.run(self._run.append, stream, value)
 
     def stop_requested(self) -> bool:
-        return self._job.stop_requested
+        return self._run.stop_requested
 
 
 def call_in_thread(
@@ -85,36 +82,33 @@ async def _drive_async(awaitable: Any, sink: ThreadSink) -> Any:
 
 
 async def run_thread(
-    job: Job,
+    run: Run,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     pool: anyio.CapacityLimiter,
-    started: Callable[[], None],
 ) -> None:
-    """The body of a thread job (see ``_runner.run_in_slot``)."""
-    log = job._log
-    assert log is not None
-    sink = ThreadSink(job)
+    """The body of a thread job (see ``run_in_slot``)."""
+    sink = ThreadSink(run)
     token = current_sink.set(sink)  # the worker thread gets a copy of this context
     try:
-        started()
+        run.started()
         try:
             result = await anyio.to_thread.run_sync(
                 call_in_thread, fn, args, kwargs, sink, limiter=pool
             )
         except _StoppedAtYield:
-            job._mark_stopped()
+            run.stopped()
             return
         except Exception as exc:
-            await log.append("error", exc)
-            job._fail(exc)
+            await run.append("error", exc)
+            run.failed(exc)
             return
         if result is not None:
-            await log.append("output", result)
-        if job.stop_requested:
-            job._mark_stopped()
+            await run.append("output", result)
+        if run.stop_requested:
+            run.stopped()
         else:
-            job._complete()
+            run.completed()
     finally:
         current_sink.reset(token)
