@@ -445,24 +445,21 @@ def test_json_is_streamed_not_held(named: Named, hostdir: Path, tmp_path: Path) 
 
 def test_json_lines_come_as_they_are_made(named: Named, hostdir: Path) -> None:
     """``--json-lines``: a RECORD per line as it comes, the document (records empty) last."""
-    probe = run("invoke", "--json-lines", "--help")
-    if probe.rc != 0:
-        pytest.xfail("no --json-lines option yet: it belongs to _options.py (see the report)")
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "asyncjobs", "invoke", "--json-lines", "-H", "web01",
          *named.args, "--", "echo first; sleep 3; echo second"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),
-    )  # fmt: skip
-    assert proc.stdout is not None
-    t0 = time.monotonic()
-    first = json.loads(proc.stdout.readline())
-    assert time.monotonic() - t0 < 2.5  # before the command ended
-    assert (first["value"], first["seq"], first["stream"]) == ("first", 0, "output")
-    rest = [json.loads(line) for line in proc.stdout]
-    assert proc.wait(timeout=30) == 0
-    assert [r["value"] for r in rest[:-1]] == ["second"]
-    assert rest[-1]["schema"] == "asyncjobs-cli/1" and rest[-1]["records"] == []
-    assert rest[-1]["ok"] is True
+    ) as proc:  # fmt: skip
+        assert proc.stdout is not None
+        t0 = time.monotonic()
+        first = json.loads(proc.stdout.readline())
+        assert time.monotonic() - t0 < 2.5  # before the command ended
+        assert (first["value"], first["seq"], first["stream"]) == ("first", 0, "output")
+        rest = [json.loads(line) for line in proc.stdout]
+        assert proc.wait(timeout=30) == 0
+        assert [r["value"] for r in rest[:-1]] == ["second"]
+        assert rest[-1]["schema"] == "asyncjobs-cli/1" and rest[-1]["records"] == []
+        assert rest[-1]["ok"] is True
 
 
 # -- item 14: Ctrl-C -----------------------------------------------------------------------------

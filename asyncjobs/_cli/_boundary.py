@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ._hosts import HostSyntaxError
-from ._options import DEBUG, JSON, where_of
+from ._options import DEBUG, JSON, JSON_LINES, where_of
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -29,7 +29,7 @@ def run(name: str, body: Callable[..., Awaitable[None]], /, *args: Any, **kwargs
     from ._text import cli_message, error_json
 
     ctx = click.get_current_context()
-    screen = Screen(json=bool(ctx.meta.get(JSON)))
+    screen = Screen(json=bool(ctx.meta.get(JSON)), json_lines=bool(ctx.meta.get(JSON_LINES)))
     result = Result(name)
     try:
         try:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
+from .._core.state import JobState
 from ._hosts import HostSyntaxError
 
 if TYPE_CHECKING:
@@ -18,11 +19,10 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 JSON: Final = "asyncjobs.json"
+JSON_LINES: Final = "asyncjobs.json_lines"
 DEBUG: Final = "asyncjobs.debug"
-STATES: Final = (
-    "NotStarted", "Running", "Completed", "Failed", "Stopped", "Blocked", "Suspended",
-    "Disconnected", "Suspending", "Stopping",
-)  # fmt: skip
+#: ``--state``'s choices: every ``JobState``'s value, in the enum's order.
+STATES: Final = tuple(s.value for s in JobState)
 COMMAND: Final = {"allow_interspersed_args": False}  # `start -- ls -l`: -l belongs to ls
 
 
@@ -34,8 +34,21 @@ def _set(key: str) -> Callable[[click.Context, click.Parameter, bool], None]:
     return callback
 
 
+def _set_json_lines(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[JSON] = ctx.meta[JSON_LINES] = True
+
+
 def common(f: F) -> F:
-    """``--json`` and ``--debug``, on the group and on every command."""
+    """``--json``, ``--json-lines`` and ``--debug``, on the group and on every command."""
+    f = click.option(
+        "--json-lines",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_json_lines,
+        help="As --json, but each record is a JSON line of its own as it comes; the document "
+        "(its records empty) is the last line.",
+    )(f)
     f = click.option(
         "--json",
         is_flag=True,
