@@ -17,7 +17,7 @@ import pytest
 
 from asyncjobs import JobArgumentError, JobManager, JobState, ProtocolError
 from asyncjobs._host.client import HostJobs, HostSession, connect_local
-from asyncjobs._host.protocol import validate_args
+from asyncjobs._host.protocol import START_COMMAND, validate_args
 from asyncjobs._local.command import CommandSpec
 
 pytestmark = pytest.mark.anyio
@@ -235,7 +235,7 @@ async def test_the_job_host_refuses_a_nul_cwd_sent_anyway(hostdir: Path) -> None
     ``CommandSpec.build`` refuses, answering that request; the session goes on."""
     async with connect_local(name="raw") as s:
         with pytest.raises(JobArgumentError, match=r"cwd holds a NUL byte"):
-            await s._c.request("start_command", command=["echo"], cwd="/tmp\0x")
+            await s._c.request(START_COMMAND, command=["echo"], cwd="/tmp\0x")
         await still_usable(s)
 
 

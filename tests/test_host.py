@@ -259,7 +259,7 @@ async def test_unknown_session_and_bad_calls_are_clear(hostdir: Path) -> None:
 
 
 async def test_drop_buffering_while_disconnected(hostdir: Path) -> None:
-    from asyncjobs._host import server as _host
+    from asyncjobs._host import hostjob as _host
 
     bound = _host.DISCONNECTED_BOUND
     async with connect_local(name="lossy", output_buffering="drop") as s:
@@ -273,7 +273,7 @@ async def test_drop_buffering_while_disconnected(hostdir: Path) -> None:
 
 
 async def test_block_buffering_holds_the_producer_while_disconnected(hostdir: Path) -> None:
-    from asyncjobs._host import server as _host
+    from asyncjobs._host import hostjob as _host
 
     bound = _host.DISCONNECTED_BOUND
     async with connect_local(name="held", output_buffering="block") as s:

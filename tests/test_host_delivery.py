@@ -21,7 +21,8 @@ import anyio
 import pytest
 
 from asyncjobs import JobState
-from asyncjobs._host.client import ACK_EVERY, connect_local
+from asyncjobs._host.client import connect_local
+from asyncjobs._host.connection import ACK_EVERY
 from asyncjobs._host.protocol import PROTOCOL_VERSION
 from tests.conftest import python
 

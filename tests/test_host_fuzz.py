@@ -5,7 +5,7 @@ never. After every step the host is the same live process; after every example a
 client is served within ``FAST`` seconds (while the fuzzing connections are still open, and
 after they are closed), and the jobs started before the fuzzing have every stored record.
 
-The frames are built from ``_protocol.ARGS`` (every op, every argument); a new op or argument
+The frames are built from ``protocol.OPS`` (every op, every argument); a new op or argument
 there fails ``test_every_op_and_argument_has_a_strategy`` until it gets one here.
 
 The host state outlives each example, so a failure is not shrunk (a dead host fails every
@@ -44,9 +44,10 @@ from asyncjobs import JobState
 from asyncjobs._core.models import STREAMS, StreamName
 from asyncjobs._host.client import HostSession, connect_local, open_host_session
 from asyncjobs._host.directory import connect_socket
-from asyncjobs._host.protocol import ARGS, KINDS, OPS, PROTOCOL_VERSION, encode_frame
+from asyncjobs._host.protocol import KINDS, OPS, PROTOCOL_VERSION, encode_frame
 from tests.conftest import host_pid, pid_alive
 
+ARGS: Final = {op.name: op.fields for op in OPS}  # the fields of every op, by its name
 FAST: Final = 2.0  # seconds a well-behaved client may take to be served
 IO_TIMEOUT: Final = 0.2  # seconds a fuzzing socket may block in one send or receive
 REF_SESSION: Final = "fuzz-ref"  # the session of the jobs that must survive; never fuzzed
@@ -289,7 +290,7 @@ def test_every_op_and_argument_has_a_strategy() -> None:
 @st.composite
 def request_frames(draw: st.DrawFn) -> tuple[str, bytes]:
     """A request frame: any op (or a bad one), its arguments valid, missing, junk or extra."""
-    op = draw(st.sampled_from(OPS) | st.sampled_from(["nope", "", "_op_ping", "__init__"]))
+    op = draw(st.sampled_from(list(ARGS)) | st.sampled_from(["nope", "", "_op_ping", "__init__"]))
     junk = SAFE_JSON if op in _UNSAFE_OPS or op not in ARGS else JSON
     args: dict[str, Any] = {}
     for field in ARGS.get(op, {}):

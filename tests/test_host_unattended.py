@@ -15,7 +15,7 @@ import pytest
 
 from asyncjobs import JobState
 from asyncjobs._host.client import connect_local
-from asyncjobs._host.server import DISCONNECTED_BOUND
+from asyncjobs._host.hostjob import DISCONNECTED_BOUND
 
 N = 5 * DISCONNECTED_BOUND  # far past the bound that used to hold every detached job
 

@@ -27,17 +27,21 @@ from asyncjobs import (
     Record,
 )
 from asyncjobs._host.protocol import (
-    ARGS,
+    GET,
+    JOB,
     MAX_FRAME,
+    OP_NAMED,
     OPS,
+    PING,
     PROTOCOL_VERSION,
-    RESULTS,
+    READ,
+    REMOVE,
     Batch,
     ErrorInfo,
     FrameDecoder,
     FrameStream,
     Hello,
-    JobInfo,
+    HostJobInfo,
     Request,
     Response,
     SessionInfo,
@@ -54,7 +58,6 @@ from asyncjobs._host.protocol import (
     error_from_wire,
     error_to_wire,
     parse_page,
-    parse_result,
     peek_page,
     validate_args,
 )
@@ -307,7 +310,7 @@ def test_decode_value_too_deep() -> None:
 
 # -- messages ----------------------------------------------------------------------------------
 
-INFO = JobInfo(
+INFO = HostJobInfo(
     id=3,
     instance_id="1b4e28ba-2fa1-11d2-883f-0016d3cca427",
     name="build",
@@ -368,10 +371,10 @@ def test_requests_of_every_op_round_trip_with_defaults_filled() -> None:
         "remove": {"job": 1},
     }
     for i, op in enumerate(OPS, start=1):
-        args = minimal.get(op, {})
-        got = Request.from_wire(Request(id=i, op=op, args=args).to_wire())
-        assert got.args == validate_args(op, args)
-        assert got.args.keys() == ARGS[op].keys()  # every default filled in
+        args = minimal.get(op.name, {})
+        got = Request.from_wire(Request(id=i, op=op.name, args=args).to_wire())
+        assert got.args == validate_args(op.name, args) == op.validate(args)
+        assert got.args.keys() == op.fields.keys()  # every default filled in
         assert Request.from_wire(got.to_wire()) == got
     assert validate_args("read", {"job": 5}) == {
         "job": 5, "from_seq": 0, "streams": None, "limit": None, "wait": None, "unreceived": False
@@ -390,7 +393,7 @@ def test_job_info_state_crosses_as_its_value() -> None:
     wire = INFO.to_wire()
     assert wire["state"] == "Failed"
     assert json.loads(json.dumps(wire)) == wire
-    assert JobInfo.from_wire(wire) == INFO
+    assert HostJobInfo.from_wire(wire) == INFO
 
 
 DROP: Any = object()
@@ -455,16 +458,16 @@ BAD_MESSAGES: list[tuple[Any, Any, str]] = [
     (Response, failed(error={"type": "X"}), "ErrorInfo: field 'message' is missing"),
     (Response, failed(result=DROP), "Response: field 'result' is missing"),
     (Response, failed(ok=True, error=None, result={"$q": 1}), r"tagged '\$q'"),
-    (JobInfo, info(state="Exploded"), "JobInfo: field 'state' must be one of 'NotStarted'"),
-    (JobInfo, info(state="FAILED"), "JobInfo: field 'state' must be one of"),
-    (JobInfo, info(kind="Job"), "JobInfo: field 'kind' must be one of 'ThreadJob'"),
-    (JobInfo, info(id=0), "JobInfo: field 'id' must be an int >= 1, got 0"),
-    (JobInfo, info(instance_id=INFO.instance_id.upper()), "'instance_id' must be a UUID in canon"),
-    (JobInfo, info(instance_id=7), "'instance_id' must be a UUID"),
-    (JobInfo, info(next_seq=-1), "JobInfo: field 'next_seq' must be an int >= 0, got -1"),
-    (JobInfo, info(started_at="now"), "'started_at' must be a finite number >= 0 or None"),
-    (JobInfo, info(has_more_data=None), "'has_more_data' must be true or false, got None"),
-    (JobInfo, info(reason=DROP), "JobInfo: field 'reason' is missing"),
+    (HostJobInfo, info(state="Exploded"), "HostJobInfo: field 'state' must be one of 'NotStarted'"),
+    (HostJobInfo, info(state="FAILED"), "HostJobInfo: field 'state' must be one of"),
+    (HostJobInfo, info(kind="Job"), "HostJobInfo: field 'kind' must be one of 'ThreadJob'"),
+    (HostJobInfo, info(id=0), "HostJobInfo: field 'id' must be an int >= 1, got 0"),
+    (HostJobInfo, info(instance_id=INFO.instance_id.upper()), "'instance_id' must be a UUID in"),
+    (HostJobInfo, info(instance_id=7), "'instance_id' must be a UUID"),
+    (HostJobInfo, info(next_seq=-1), "HostJobInfo: field 'next_seq' must be an int >= 0, got -1"),
+    (HostJobInfo, info(started_at="now"), "'started_at' must be a finite number >= 0 or None"),
+    (HostJobInfo, info(has_more_data=None), "'has_more_data' must be true or false, got None"),
+    (HostJobInfo, info(reason=DROP), "HostJobInfo: field 'reason' is missing"),
     (
         SessionInfo,
         {"name": "s", "state": "Broken", "job_count": 0, "idle_timeout": None},
@@ -475,7 +478,7 @@ BAD_MESSAGES: list[tuple[Any, Any, str]] = [
         {"records": [[0, 7, "x", 1.0]], "next_seq": 1, "job": info()},
         r"Batch: field 'records'\[0\]\[1\] \(stream\) must be a code from 0 to 6, got 7",
     ),
-    (Batch, {"records": [], "next_seq": 1, "job": info(state=None)}, "JobInfo: field 'state'"),
+    (Batch, {"records": [], "next_seq": 1, "job": info(state=None)}, "HostJobInfo: field 'state'"),
 ]
 
 
@@ -533,7 +536,7 @@ BAD_ARGS: list[tuple[str, dict[str, Any], str]] = [
 def test_bad_args_name_the_field(op: str, args: dict[str, Any], message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         validate_args(op, args)
-    if op in OPS:  # and the same through a whole request
+    if op in OP_NAMED:  # and the same through a whole request
         with pytest.raises(ProtocolError, match=message):
             Request.from_wire(Request(id=1, op=op, args=args).to_wire())
 
@@ -672,7 +675,7 @@ def test_batch_round_trip_and_records_for_the_api() -> None:
     records = [Record("output", "a", 3, "build1", 7, 1.0), Record("warning", b"w", 3, "x", 9, 2.0)]
     batch = Batch(records=records, next_seq=10, job=INFO)
     wire = Response.success(1, batch).to_wire()
-    got = parse_result("read", Response.from_wire(json.loads(json.dumps(wire))).unwrap())
+    got = READ.parse_result(Response.from_wire(json.loads(json.dumps(wire))).unwrap())
     rows = [WireRecord(7, "output", "a", 1.0), WireRecord(9, "warning", b"w", 2.0)]
     assert got == Batch(records=rows, next_seq=10, job=INFO)
     assert got.to_records("build1") == [
@@ -704,7 +707,7 @@ def test_pages_decode_values_while_making_records() -> None:
         (lambda r: r.pop("next_seq"), "Batch: field 'next_seq' is missing"),
         (lambda r: r.update(next_seq="1"), "Batch: field 'next_seq' must be an int >= 0"),
         (lambda r: r.update(records={}), "records must be a list"),
-        (lambda r: r["job"].update(next_seq=None), "JobInfo: field 'next_seq'"),
+        (lambda r: r["job"].update(next_seq=None), "HostJobInfo: field 'next_seq'"),
         (lambda r: r.update(records=[[0, 0, {"$b": "!"}, 1.0]]), "tagged \\$b is not base64"),
     ],
 )
@@ -718,8 +721,17 @@ def test_bad_pages(mangle: Any, message: str) -> None:
             peek_page(raw)
 
 
+def test_every_op_has_a_handler_and_one_name() -> None:
+    from asyncjobs._host.server import HANDLERS
+
+    assert set(HANDLERS) == set(OPS) and len(HANDLERS) == len(OPS)
+    assert list(OP_NAMED) == [op.name for op in OPS]  # no two ops share a name
+    assert [op.name for op in OPS if op.paged] == ["get", "read", "take"]
+    assert [op.name for op in OPS if op.inline] == ["ack", "disconnect"]
+    assert repr(READ) == "<Op read>"
+
+
 def test_every_op_has_a_result_shape() -> None:
-    assert RESULTS.keys() == ARGS.keys()
     session = SessionInfo(name="nightly", state="Disconnected", job_count=2, idle_timeout=7200.0)
     examples: dict[str, Any] = {
         "start_command": INFO,
@@ -732,16 +744,16 @@ def test_every_op_has_a_result_shape() -> None:
         "sessions": [session],
     }
     for op in OPS:
-        sent = examples.get(op)
+        sent = examples.get(op.name)
         wire = json.loads(json.dumps(Response.success(1, sent).to_wire()))
-        assert parse_result(op, Response.from_wire(wire).unwrap()) == sent
+        assert op.parse_result(Response.from_wire(wire).unwrap()) == sent
     with pytest.raises(ProtocolError, match="result: expected a list, got"):
-        parse_result("get", INFO.to_wire())
+        GET.parse_result(INFO.to_wire())
     with pytest.raises(ProtocolError, match="result: expected null, got 1"):
-        parse_result("remove", 1)
-    assert parse_result("ping", "pong") == "pong"
-    with pytest.raises(ProtocolError, match="JobInfo: expected an object, got None"):
-        parse_result("job", None)
+        REMOVE.parse_result(1)
+    assert PING.parse_result("pong") == "pong"
+    with pytest.raises(ProtocolError, match="HostJobInfo: expected an object, got None"):
+        JOB.parse_result(None)
 
 
 # -- FrameStream -------------------------------------------------------------------------------

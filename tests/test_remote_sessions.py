@@ -10,6 +10,7 @@ import pytest
 
 import asyncjobs
 from asyncjobs import AsyncJobsError, JobArgumentError, JobState
+from asyncjobs._host.protocol import CLOSE_SESSION
 from tests.testhosts import TestHosts
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
@@ -56,7 +57,7 @@ async def test_create_false_needs_an_existing_session(ssh_hosts: TestHosts) -> N
         assert await s.jobs.get() == []
     async with asyncjobs.connect(host.address, host.port, name=name, create=False, **options) as s:
         assert await s.jobs.get() == []  # reattached
-        await s.jobs._c.request("close_session")
+        await (await s.jobs._c.connection()).request(CLOSE_SESSION)
 
 
 @pytest.mark.parametrize(

@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Generic, Literal, Protocol, TypeVar, final
+from typing import Any, Literal, final
 
 import anyio
 import anyio.abc
-import attrs
 
 from .._core import checks
 from .._core.errors import (
     AsyncJobsError,
     CommandFailed,
-    ConnectionFailed,
     JobArgumentError,
     JobFailed,
     JobStopped,
@@ -35,69 +32,28 @@ from .._core.models import STREAMS, Record, StreamName
 from .._core.state import JobState, state_named
 from .._core.util import Opener
 from .._version import __version__
+from . import protocol as ops
+from .connection import CONNECTION_LOST, PAGE_RECORDS, HostStream, R, Requester
+from .connection import HostConnection as HostConnection
 from .directory import connect_socket, host_dir
 from .protocol import (
     PROTOCOL_VERSION,
     FrameStream,
     Hello,
-    JobInfo,
+    Op,
     Page,
-    Request,
     Response,
     SessionInfo,
     Welcome,
     check_version,
     decode_message,
-    decode_value,
     error_from_wire,
     parse_page,
-    parse_result,
     peek_page,
 )
+from .records import HostJobInfo as HostJobInfo
 
-_PAGE: Final = 50_000  # records per request when draining
 Buffering = Literal["block", "drop"]
-
-
-@attrs.frozen
-class HostJobInfo:
-    """A snapshot of a job on a job host, as ``session.jobs`` returns it."""
-
-    id: int
-    name: str
-    kind: str
-    command: str
-    location: str
-    session: str | None
-    state: JobState
-    has_more_data: bool
-    reason: str | None
-    exit_status: int | None
-    started_at: float | None
-    finished_at: float | None
-    next_seq: int
-    dropped: int
-    instance_id: str
-
-    @classmethod
-    def from_info(cls, info: JobInfo) -> HostJobInfo:
-        return cls(
-            id=info.id,
-            name=info.name,
-            kind=info.kind,
-            command=info.command,
-            location=info.location,
-            session=info.session,
-            state=info.state,
-            has_more_data=info.has_more_data,
-            reason=info.reason,
-            exit_status=info.exit_status,
-            started_at=info.started_at,
-            finished_at=info.finished_at,
-            next_seq=info.next_seq,
-            dropped=info.dropped,
-            instance_id=info.instance_id,
-        )
 
 
 JobRef = HostJobInfo | int
@@ -125,258 +81,16 @@ def _input(value: object) -> bytes | None:
     return data
 
 
-@attrs.define(eq=False)
-class _Lease:
-    """A batch ``take`` handed us: how many of its records went to the caller, and how many
-    of those the host knows of (``ack``)."""
-
-    handed: int = 0
-    acked: int = 0
-    release: bool = False  # nobody hands any more of it out: give the rest back
-    last: float = attrs.field(factory=time.monotonic)  # when we last acknowledged
-
-    def due(self) -> bool:
-        return self.handed - self.acked >= ACK_EVERY or time.monotonic() - self.last >= ACK_AFTER
-
-
-@final
-class HostConnection:
-    """Requests and responses over one frame stream, with no task of its own: whichever caller
-    finds nobody reading reads the next frame and hands it to the request it answers, so a
-    long-poll read and other calls can be in flight together and nothing outlives the caller."""
-
-    def __init__(self, frames: FrameStream, welcome: Welcome) -> None:
-        self._frames = frames
-        self.welcome = welcome
-        self._next_id = 1
-        self._answers: dict[int, Response | None] = {}
-        self._reading = False
-        self._read_one = anyio.Event()
-        self._broken: BaseException | None = None
-        self._leases: dict[int, _Lease] = {}  # receive-once batches not acknowledged in full
-
-    async def request(self, op: str, **args: Any) -> Any:
-        """Call ``op`` on the host; its result made into objects (``parse_result``)."""
-        result = await self.result(await self.send(op, **args))
-        return parse_result(op, decode_value(result))
-
-    async def connection(self) -> HostConnection:
-        return self
-
-    # -- acknowledged receive-once ---------------------------------------------------------
-
-    def hold(self, lease: int) -> _Lease:
-        """Track a batch ``take`` handed us; its records count as received only once ``ack``
-        tells the host they went to the caller."""
-        return self._leases.setdefault(lease, _Lease())
-
-    async def take(self, **args: Any) -> Page:
-        """One ``take``: a page whose records are ours until acknowledged. A lease is named
-        by the request that took it, so a take whose caller gave up (cancelled) before its
-        answer came is given back whole with the next request, in order."""
-        request = await self.send("take", **args)
-        try:
-            page = parse_page(await self.result(request))
-        except BaseException:
-            self.hold(request).release = True  # if it took anything, it goes back
-            raise
-        if page.lease is not None:
-            self.hold(page.lease)
-        return page
-
-    async def ack(self, lease: int, *, release: bool = False) -> None:
-        """Tell the host how many of ``lease``'s records were handed on; with ``release``
-        the rest go back to the host for the next receiver and the lease ends here. The
-        host answers acks in order with the requests around them: no need to wait."""
-        held = self._leases.get(lease)
-        if held is None:
-            return
-        held.release = held.release or release
-        if held.release:
-            del self._leases[lease]
-        held.acked, held.last = held.handed, time.monotonic()
-        if self._broken is None:
-            request_id = await self._send_request("ack", lease=lease, count=held.handed,
-                                                  release=held.release)  # fmt: skip
-            self.forget(request_id)
-
-    async def settle(self, *, release: bool = False) -> None:
-        """Acknowledge what every lease handed on (and, with ``release``, give back the rest
-        of all of them): before any other request, and before leaving the connection."""
-        for lease, held in list(self._leases.items()):
-            if release or held.release or held.handed > held.acked:
-                await self.ack(lease, release=release)
-
-    async def send(self, op: str, **args: Any) -> int:
-        """Send a request; ``result(id)`` waits for its answer (a reader of many pages asks
-        for the next one before it decodes the last). Returns the request's id. Records
-        handed on but not acknowledged yet are acknowledged first."""
-        if self._leases:
-            await self.settle()
-        return await self._send_request(op, **args)
-
-    async def _send_request(self, op: str, **args: Any) -> int:
-        self._check()
-        request_id = self._next_id
-        self._next_id += 1
-        self._answers[request_id] = None
-        try:
-            # Whole or not at all: a frame cut short by a cancellation would end the
-            # connection (``FrameStream``), and a request frame is small.
-            with anyio.CancelScope(shield=True):
-                await self._frames.send(Request(request_id, op, args).to_wire())
-        except BaseException as exc:
-            self._answers.pop(request_id, None)
-            if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError | OSError):
-                self._broken = exc
-                self._check()
-            raise
-        return request_id
-
-    async def result(self, request_id: int) -> Any:
-        """The answer to request ``request_id``, as JSON gave it (values not decoded); a
-        failed request raises its error."""
-        try:
-            response = await self._answer(request_id)
-        finally:
-            self._answers.pop(request_id, None)
-        if not response.ok:
-            assert response.error is not None
-            raise error_from_wire(response.error)
-        return response.result
-
-    def forget(self, request_id: int) -> None:
-        """Drop the answer of a request nobody will wait for (it is discarded on arrival)."""
-        self._answers.pop(request_id, None)
-
-    async def _answer(self, request_id: int) -> Response:
-        while (response := self._answers.get(request_id)) is None:
-            self._check()
-            if self._reading:  # another caller reads: wait for it to hand over a frame
-                await self._read_one.wait()
-                continue
-            self._reading = True
-            try:
-                frame = await self._frames.receive()
-                got = Response.from_wire_raw(frame)
-                if got.id in self._answers:
-                    self._answers[got.id] = got
-            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-                self._broken = exc
-            except (AsyncJobsError, OSError) as exc:
-                self._broken = exc
-            finally:
-                self._reading = False
-                done, self._read_one = self._read_one, anyio.Event()
-                done.set()
-        return response
-
-    def _check(self) -> None:
-        if self._broken is not None:
-            raise ConnectionFailed(
-                f"the connection to the job host is lost ({self._broken!r}); reconnect"
-            )
-
-    async def aclose(self) -> None:
-        await self._frames.aclose()
-
-
-#: A stream acknowledges what it handed on after this many records or seconds, so that a
-#: controller that is killed leaves at most that much to be delivered again.
-ACK_EVERY: Final = 1000
-ACK_AFTER: Final = 0.05
-#: What a lost connection raises: an acknowledgement that can't be sent is given up (the
-#: host gives the lease back when it sees the connection end).
-_LOST: Final = (ConnectionFailed, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
-
-
-class Requester(Protocol):
-    """Something that calls an op on a job host: a ``HostConnection``, or the lazy bridge of
-    an SSH session."""
-
-    async def request(self, op: str, **args: Any) -> Any: ...
-
-    async def connection(self) -> HostConnection:
-        """The connection itself, for pipelined requests (``send``, then ``result``)."""
-        ...
-
-
-T = TypeVar("T")
-
-
-@final
-class HostStream(Generic[T]):
-    """``session.jobs.stream()``: an async iterator over a job's records on the host, each
-    acknowledged once it is handed to the caller (``stream_records`` says the rules). An
-    object, not a generator: leaving a loop early needs no finalizer to give the rest back
-    (the next request does), and trio does not warn about one collected half-way."""
-
-    def __init__(self, requester: Requester, job: int, streams: list[str], values: bool) -> None:
-        self._requester = requester
-        self._job = job
-        self._streams = streams
-        self._values = values
-        self._c: HostConnection | None = None
-        self._page: list[Record] = []
-        self._next = 0
-        self._lease: int | None = None
-        self._held: _Lease | None = None
-        self._finished = False
-
-    def __aiter__(self) -> HostStream[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        while True:
-            held = self._held
-            if self._next < len(self._page):
-                assert self._c is not None
-                if held is not None:
-                    if held.due():  # what was handed before this record
-                        await self._c.ack(self._lease)  # type: ignore[arg-type]
-                    held.handed += 1  # the caller's from here on: nothing awaits below
-                record = self._page[self._next]
-                self._next += 1
-                return record.value if self._values else record  # type: ignore[return-value]
-            await self._end_page()
-            if self._finished:
-                raise StopAsyncIteration
-            if self._c is None:
-                self._c = await self._requester.connection()
-            page = await self._c.take(job=self._job, streams=self._streams, limit=_PAGE, wait=30.0)
-            self._page, self._next = page.records, 0
-            if page.lease is not None:
-                self._lease, self._held = page.lease, self._c.hold(page.lease)
-            if not self._page and page.job.state.is_finished:
-                self._finished = True
-
-    async def _end_page(self) -> None:
-        """Acknowledge what was handed of the page; give the rest back."""
-        lease, self._lease, self._held = self._lease, None, None
-        self._page, self._next = [], 0
-        if lease is not None and self._c is not None:
-            with anyio.CancelScope(shield=True), contextlib.suppress(*_LOST):
-                with anyio.move_on_after(5):
-                    await self._c.ack(lease, release=True)
-
-    async def aclose(self) -> None:
-        """Stop here: what was not handed on goes back to the host now."""
-        self._finished = True
-        await self._end_page()
-
-    def __del__(self) -> None:
-        # Left half-way (a ``break``): the connection gives the rest back with its next
-        # request, or when it ends. Plain bookkeeping: nothing may be awaited here.
-        if self._held is not None:
-            self._held.release = True
-
-
 @final
 class HostJobs:
     """``session.jobs``: the job table of a job host (Start-Job, Get-Job, Receive-Job, ...)."""
 
     def __init__(self, connection: Requester) -> None:
         self._c = connection
+
+    async def _call(self, op: Op[R], **args: Any) -> R:
+        """Call ``op`` on the host (over the connection, opened first if need be)."""
+        return await (await self._c.connection()).request(op, **args)
 
     async def start_command(
         self,
@@ -396,10 +110,10 @@ class HostJobs:
         argv, _ = checks.command(command)
         cmd: str | list[str] = command if isinstance(command, str) else list(argv)
         name, where, added = checks.name(name), checks.cwd(cwd), checks.env(env)
-        info: JobInfo = await self._c.request(
-            "start_command", command=cmd, name=name, cwd=where, env=added, input=_input(input)
+        info: HostJobInfo = await self._call(
+            ops.START_COMMAND, command=cmd, name=name, cwd=where, env=added, input=_input(input)
         )
-        return HostJobInfo.from_info(info)
+        return info
 
     async def get(
         self, *, name: str | None = None, state: JobState | str | None = None
@@ -409,12 +123,12 @@ class HostJobs:
         if isinstance(state, str):
             state = state_named(state)
         wanted = state.value if state is not None else None
-        infos: list[JobInfo] = await self._c.request("get", name=name, state=wanted)
-        return [HostJobInfo.from_info(i) for i in infos]
+        infos: list[HostJobInfo] = await self._call(ops.GET, name=name, state=wanted)
+        return infos
 
     async def job(self, job: JobRef) -> HostJobInfo:
         """A fresh snapshot of one job."""
-        return HostJobInfo.from_info(await self._c.request("job", job=_job_id(job)))
+        return await self._call(ops.JOB, job=_job_id(job))
 
     async def wait(
         self, *jobs: JobRef, any: bool = False, timeout: float | None = None
@@ -424,10 +138,10 @@ class HostJobs:
         limit; negative or NaN: ``JobArgumentError``, as ``JobManager.wait``)."""
         ids = [_job_id(j) for j in jobs]
         seconds = checks.timeout(timeout)
-        infos: list[JobInfo] = await self._c.request(
-            "wait", jobs=ids, any=bool(any), timeout=seconds
+        infos: list[HostJobInfo] = await self._call(
+            ops.WAIT, jobs=ids, any=bool(any), timeout=seconds
         )
-        return [HostJobInfo.from_info(i) for i in infos]
+        return infos
 
     async def read(
         self,
@@ -449,7 +163,7 @@ class HostJobs:
         wait for a first record (a long poll). A follower that mirrors a job pages with it."""
         c = await self._c.connection()
         request = await c.send(
-            "read", job=_job_id(job), from_seq=checks.from_seq(from_seq),
+            ops.READ, job=_job_id(job), from_seq=checks.from_seq(from_seq),
             limit=checks.limit(limit), wait=checks.timeout(wait),
         )  # fmt: skip
         return parse_page(await c.result(request))
@@ -464,8 +178,8 @@ class HostJobs:
         c = await self._c.connection()
 
         def ask(seq: int, have: int) -> Awaitable[int]:
-            page = _PAGE if limit is None else min(_PAGE, limit - have)
-            return c.send("read", from_seq=seq, limit=page, **args)
+            page = PAGE_RECORDS if limit is None else min(PAGE_RECORDS, limit - have)
+            return c.send(ops.READ, from_seq=seq, limit=page, **args)
 
         records: list[Record] = []
         end: int | None = None
@@ -501,7 +215,7 @@ class HostJobs:
         end: int | None = None
         try:
             while True:
-                batch = await c.take(job=_job_id(job), streams=chosen, limit=_PAGE)
+                batch = await c.take(job=_job_id(job), streams=chosen, limit=PAGE_RECORDS)
                 got = batch.records
                 if batch.lease is not None:
                     leases.append((batch.lease, len(got)))
@@ -514,12 +228,12 @@ class HostJobs:
         except BaseException:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 for lease, _ in leases:  # nobody got them: they go back
-                    with contextlib.suppress(*_LOST):
+                    with contextlib.suppress(*CONNECTION_LOST):
                         await c.ack(lease, release=True)
             raise
         for lease, count in leases:  # handed over now
             c.hold(lease).handed = count
-            with contextlib.suppress(*_LOST):
+            with contextlib.suppress(*CONNECTION_LOST):
                 await c.ack(lease, release=True)
         return records
 
@@ -548,11 +262,11 @@ class HostJobs:
 
     async def stop(self, job: JobRef) -> HostJobInfo:
         """Stop-Job on the host; returns the job once it is finished."""
-        return HostJobInfo.from_info(await self._c.request("stop", job=_job_id(job)))
+        return await self._call(ops.STOP, job=_job_id(job))
 
     async def remove(self, job: JobRef, *, force: bool = False) -> None:
         """Remove-Job on the host: the job and its records are gone."""
-        await self._c.request("remove", job=_job_id(job), force=bool(force))
+        await self._call(ops.REMOVE, job=_job_id(job), force=bool(force))
 
 
 @final
@@ -588,7 +302,7 @@ class HostSession:
 
     async def sessions(self) -> list[SessionInfo]:
         """The sessions of this job host."""
-        sessions: list[SessionInfo] = await self._c.request("sessions")
+        sessions: list[SessionInfo] = await self._c.request(ops.SESSIONS)
         return sessions
 
     async def disconnect(self) -> None:
@@ -600,7 +314,7 @@ class HostSession:
             try:
                 with anyio.move_on_after(5):
                     await self._c.settle(release=True)  # nothing held is lost or repeated
-                    await self._c.request("disconnect")
+                    await self._c.request(ops.DISCONNECT)
             except AsyncJobsError:
                 pass
             await self._c.aclose()

@@ -5,14 +5,15 @@ host that would be done only to be undone at once (the records go to the store, 
 read the store). Here a pipe's bytes become store ``Piece``\\ s instead: the complete lines of a
 read are split, checked for UTF-8 and packed with a handful of ``bytes`` calls (``split``,
 ``isascii``/``decode``, ``join``, ``struct.pack``), and a ``Sink`` appends what the pipes
-gave, in arrival order, in one transaction per batch. The lines are what ``_lines.LineSplitter``
+gave, in arrival order, in one transaction per batch. The lines are what ``LineSplitter``
 makes of them: split on ``\\n`` only, text when valid UTF-8 else the raw bytes, a line over
 ``MAX_LINE`` bytes in pieces; only a batch that is not UTF-8 or holds an over-long line is
 packed line by line.
 
-The job itself is an ordinary ``Job`` run by ``_runner.run_in_slot`` with the command
-machinery of ``_command`` (spawn, stdin feeding, stop escalation, exit status): only the pumps
-differ. Its ``RecordLog`` stays empty unless the spawn fails (the error record goes there).
+The job itself is an ordinary ``Job`` run by ``run_in_slot`` (the runner API) with the
+command machinery of ``_local.command`` (spawn, stdin feeding, stop escalation, exit status):
+only the pumps differ. Its ``RecordLog`` stays empty unless the spawn fails (the error record
+goes there).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import operator
 import time
-from collections.abc import Callable
 from itertools import repeat
 from struct import pack
 from typing import Any, Final, Protocol, final
@@ -28,9 +28,9 @@ from typing import Any, Final, Protocol, final
 import anyio
 from anyio.abc import ByteReceiveStream
 
-from .._core.job import Job
 from .._core.lines import CHUNK, MAX_LINE, LineSplitter
 from .._core.models import StreamName
+from .._core.runner import Run
 from .._local.command import CommandSpec, run_command
 from .store import Piece
 from .wire import decode_value, encode_value
@@ -138,17 +138,16 @@ class Sink(Protocol):
         """Return once the job may produce more (``output_buffering="block"`` holds it)."""
 
 
-async def run_host_command(
-    job: Job, spec: CommandSpec, sink: Sink, started: Callable[[], None]
-) -> None:
-    """The body of a job host's command job (see ``_runner.run_in_slot``): ``run_command``
-    with pumps that feed ``sink``. Whatever ends it, the process group is terminated and
-    reaped, and every line read is in ``sink`` (the last one too, stopped mid-line)."""
+async def run_host_command(run: Run, spec: CommandSpec, sink: Sink) -> None:
+    """The body of a job host's command job (see ``run_in_slot``; ``run`` is its handle on
+    the job): ``run_command`` with pumps that feed ``sink``. Whatever ends it, the process
+    group is terminated and reaped, and every line read is in ``sink`` (the last one too,
+    stopped mid-line)."""
 
     async def pump(stream: ByteReceiveStream, name: StreamName) -> None:
         await _pump(stream, sink, name)
 
-    await run_command(job, spec, started, pump)
+    await run_command(run, spec, pump)
 
 
 async def _pump(stream: ByteReceiveStream, sink: Sink, name: StreamName) -> None:

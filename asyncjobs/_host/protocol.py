@@ -15,8 +15,8 @@ results and record values go through ``encode_value``/``decode_value``, so ``byt
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+import enum
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, Literal, Self
 
 import attrs
@@ -31,8 +31,14 @@ from .._core.errors import (
     NoSuchJob,
     ProtocolError,
 )
-from .._core.models import STREAMS, Buffer, Record
+from .._core.models import STREAMS, Record
 from .._core.state import JobState
+from . import operation
+from .operation import Op as Op
+from .operation import anything_at_all, many, none
+from .records import KINDS as KINDS
+from .records import HostJobInfo as HostJobInfo
+from .transport import FrameStream as FrameStream
 from .wire import MAX_FRAME as MAX_FRAME
 from .wire import PROTOCOL_VERSION as PROTOCOL_VERSION
 from .wire import (
@@ -55,8 +61,8 @@ from .wire import (
     text,
 )
 from .wire import FrameDecoder as FrameDecoder
-from .wire import FrameStream as FrameStream
 from .wire import RecordLike as RecordLike
+from .wire import Shape as _Shape
 from .wire import WireRecord as WireRecord
 from .wire import decode_records as decode_records
 from .wire import decode_value as decode_value
@@ -67,169 +73,14 @@ from .wire import encoded_rows as encoded_rows
 from .wire import raw_records as raw_records
 
 _MAX_ID: Final = 2**63 - 1
-KINDS: Final = ("ThreadJob", "BackgroundJob", "RemoteJob")
-
-
-_NUL: Final = "must hold no NUL byte (the operating system can't pass one)"
-
-
-def _command(v: Any) -> str | list[str]:
-    """A shell string, or an argv list whose program is not empty; no NUL byte anywhere."""
-    if type(v) is str and v.strip():
-        if "\0" in v:
-            raise Bad(_NUL, v)
-        return v
-    if type(v) is list and v and all(type(x) is str for x in v) and v[0]:
-        for i, x in enumerate(v):
-            if "\0" in x:
-                raise Bad(_NUL, x, f"[{i}]")
-        return v
-    raise Bad("must be a non-empty str or a non-empty list of str (argv)", v)
-
-
-def _env(v: Any) -> dict[str, str]:
-    """Environment variables: names (non-empty, no ``=`` or NUL) to values (no NUL)."""
-    if type(v) is not dict or not all(type(k) is type(x) is str for k, x in v.items()):
-        raise Bad("must be an object of str to str", v)
-    for key, x in v.items():
-        if not key or "=" in key or "\0" in key:
-            raise Bad("must map variable names (non-empty, no '=' or NUL) to str", v)
-        if "\0" in x:
-            raise Bad(_NUL, x, f"[{key!r}]")
-    return v
-
-
-def _buffer(v: Any) -> dict[str, Any]:
-    """A ``Buffer``'s settings, checked by ``Buffer`` itself, with its defaults filled in."""
-    if type(v) is not dict or not v.keys() <= {"max_items", "max_bytes", "mode"}:
-        raise Bad("must be an object of max_items, max_bytes, mode", v)
-    try:
-        b = Buffer(**v)
-    except JobArgumentError as exc:
-        raise Bad(f"is not a valid Buffer ({exc})", v) from None
-    return {"max_items": b.max_items, "max_bytes": b.max_bytes, "mode": b.mode}
-
-
-def _uuid(v: Any) -> str:
-    try:
-        if str(uuid.UUID(v)) == v:
-            return str(v)
-    except (TypeError, ValueError, AttributeError):
-        pass
-    raise Bad("must be a UUID in canonical form", v)
-
-
-def _state(v: Any) -> JobState:
-    try:
-        return JobState(v)
-    except ValueError:
-        raise Bad(f"must be one of {', '.join(repr(s.value) for s in JobState)}", v) from None
-
-
-# -- requests ----------------------------------------------------------------------------------
-
 _JOB: Final = integer(1)
-_STREAMS: Final = optional(list_of(one_of(*STREAMS), min_len=1, max_len=len(STREAMS)))
-_LIMIT: Final = optional(integer(1, 100_000))
 _SECONDS: Final = optional(number(0))
-
-#: Every op and its arguments: name → (check, default or ``REQUIRED``).
-ARGS: Final[Mapping[str, Spec]] = {
-    "start_command": {
-        "command": (_command, REQUIRED),
-        "name": (optional(text), None),
-        "cwd": (optional(text), None),
-        "env": (optional(_env), None),
-        "input": (optional(of_type("must be a str or bytes", str, bytes)), None),
-        "buffer": (optional(_buffer), None),
-    },
-    "get": {
-        "id": (optional(_JOB), None),
-        "name": (optional(text), None),  # a shell-style pattern
-        "state": (optional(one_of(*(s.value for s in JobState))), None),
-        "kind": (optional(one_of(*KINDS)), None),
-        "location": (optional(text), None),
-        "session_name": (optional(name), None),  # not "session": handlers take that
-        "has_more_data": (optional(boolean), None),
-    },
-    "job": {"job": (_JOB, REQUIRED)},
-    "wait": {
-        "jobs": (list_of(_JOB), REQUIRED),  # empty: every job of the session, as Wait-Job
-        "any": (boolean, False),
-        "timeout": (_SECONDS, None),
-    },
-    "read": {
-        "job": (_JOB, REQUIRED),
-        "from_seq": (integer(0), 0),
-        "streams": (_STREAMS, None),
-        "limit": (_LIMIT, None),
-        "wait": (_SECONDS, None),  # long-poll: seconds to wait for a first record
-        "unreceived": (boolean, False),  # only records not taken yet (Receive-Job -Keep)
-    },  # keep semantics: nothing is consumed; any number of readers
-    "take": {  # receive-once (Receive-Job): the records handed over are gone, for everyone
-        "job": (_JOB, REQUIRED),
-        "streams": (_STREAMS, None),
-        "limit": (_LIMIT, None),
-        "wait": (_SECONDS, None),
-    },
-    # Receive-once is acknowledged: ``take`` hands out a lease; ``ack`` says how many of its
-    # records (from its first) were handed to the caller, and with ``release`` gives the rest
-    # back. A lease not released when its connection ends is given back whole but for what
-    # was acknowledged. Answered in order with the requests around it.
-    "ack": {
-        "lease": (integer(1, _MAX_ID), REQUIRED),
-        "count": (integer(0), REQUIRED),
-        "release": (boolean, False),
-    },
-    "stop": {"job": (_JOB, REQUIRED)},
-    "remove": {"job": (_JOB, REQUIRED), "force": (boolean, False)},  # force: stop it first
-    "sessions": {},
-    "disconnect": {},
-    "close_session": {},  # this connection's session: its jobs are stopped
-    "ping": {},
-}
-OPS: Final = tuple(ARGS)
-
-
-def validate_args(
-    op: str, args: Any, *, error: type[AsyncJobsError] = ProtocolError
-) -> dict[str, Any]:
-    """``args`` of ``op`` checked, with every default filled in; a controller may pass
-    ``error=JobArgumentError`` to check a user's call before sending it."""
-    if op not in ARGS:
-        raise error(f"Request: unknown op {op!r}; the ops are {', '.join(OPS)}")
-    return read_fields(f"Request {op!r}", args, ARGS[op], error)
 
 
 # -- shapes: frozen classes that cross the wire as objects checked against their SPEC ---------
 
 
-@attrs.frozen
-class _Shape:
-    TAG: ClassVar[str | None] = None  # the "t" of a message; None for a part of one
-    SPEC: ClassVar[Spec]
-
-    def to_wire(self) -> dict[str, Any]:
-        fields = {f.name: _plain(getattr(self, f.name)) for f in attrs.fields(type(self))}
-        return {"t": self.TAG, **fields} if self.TAG else fields
-
-    @classmethod
-    def from_wire(cls, data: Any) -> Self:
-        spec = {"t": (one_of(cls.TAG), REQUIRED), **cls.SPEC} if cls.TAG else cls.SPEC
-        fields = read_fields(cls.__name__, data, spec)
-        fields.pop("t", None)
-        return cls(**fields)
-
-
-def _plain(value: Any) -> Any:
-    """A field (or a result) as data: shapes, lists of shapes and states included."""
-    if isinstance(value, _Shape):
-        return value.to_wire()
-    if isinstance(value, JobState):
-        return value.value
-    if type(value) is list and value and isinstance(value[0], _Shape):
-        return [_plain(x) for x in value]
-    return value
+# Each is a ``wire.Shape``: ``to_wire`` / ``from_wire``, every field checked on receipt.
 
 
 def check_version(theirs: int, who: Literal["controller", "job host"]) -> None:
@@ -301,13 +152,13 @@ class Welcome(_Shape):
 
 @attrs.frozen
 class Request(_Shape):
-    """Controller → host: call ``op`` with ``args`` (see ``ARGS``); ids start at 1 (0 is the
-    hello's), and the ``Response`` of the same id answers."""
+    """Controller → host: call ``op`` (the name of one of ``OPS``) with ``args`` (its
+    fields); ids start at 1 (0 is the hello's), and the ``Response`` of the same id answers."""
 
     TAG: ClassVar[str | None] = "request"
     SPEC: ClassVar[Spec] = {
         "id": (integer(1, _MAX_ID), REQUIRED),
-        "op": (one_of(*OPS), REQUIRED),
+        "op": (lambda v: one_of(*OP_NAMED)(v), REQUIRED),  # OPS is declared below
         "args": (obj, REQUIRED),
     }
     id: int
@@ -436,45 +287,7 @@ def error_from_wire(info: ErrorInfo) -> AsyncJobsError:
 
 # -- jobs, records, sessions: the results of requests ------------------------------------------
 
-_TIME: Final = optional(number(0))
-
-
-@attrs.frozen(kw_only=True)
-class JobInfo(_Shape):
-    """A job of the job host, as a controller sees it."""
-
-    SPEC: ClassVar[Spec] = {
-        "id": (_JOB, REQUIRED),
-        "instance_id": (_uuid, REQUIRED),
-        "name": (text, REQUIRED),
-        "kind": (one_of(*KINDS), REQUIRED),
-        "command": (text, REQUIRED),
-        "location": (text, REQUIRED),
-        "session": (optional(name), REQUIRED),
-        "state": (_state, REQUIRED),
-        "reason": (optional(text), REQUIRED),
-        "exit_status": (optional(integer(-(2**31), 2**31)), REQUIRED),
-        "has_more_data": (boolean, REQUIRED),
-        "started_at": (_TIME, REQUIRED),
-        "finished_at": (_TIME, REQUIRED),
-        "next_seq": (integer(0), REQUIRED),
-        "dropped": (integer(0), REQUIRED),
-    }
-    id: int
-    instance_id: str
-    name: str
-    kind: str
-    command: str
-    location: str
-    session: str | None
-    state: JobState
-    reason: str | None  # the failure, as text
-    exit_status: int | None
-    has_more_data: bool
-    started_at: float | None
-    finished_at: float | None
-    next_seq: int  # the seq the job's next record will get
-    dropped: int
+# A job is a ``records.HostJobInfo`` (the one job record: store, wire and ``session.jobs``).
 
 
 @attrs.frozen(kw_only=True)
@@ -490,12 +303,12 @@ class Batch(_Shape):
     SPEC: ClassVar[Spec] = {
         "records": (record_rows, REQUIRED),
         "next_seq": (integer(0), REQUIRED),
-        "job": (JobInfo.from_wire, REQUIRED),
+        "job": (HostJobInfo.from_wire, REQUIRED),
         "lease": (optional(integer(1, _MAX_ID)), None),  # ``take``'s: acknowledge it
     }
     records: Sequence[RecordLike]
     next_seq: int
-    job: JobInfo
+    job: HostJobInfo
     lease: int | None = None
 
     def to_records(self, location: str) -> list[Record]:
@@ -514,14 +327,14 @@ class Page:
 
     records: list[Record]
     next_seq: int
-    job: JobInfo
+    job: HostJobInfo
     lease: int | None = None
 
 
 _PAGE_SPEC: Final[Spec] = {
     "records": (anything, REQUIRED),  # checked by raw_records, once the job is known
     "next_seq": (integer(0), REQUIRED),
-    "job": (lambda v: JobInfo.from_wire(decode_value(v)), REQUIRED),
+    "job": (lambda v: HostJobInfo.from_wire(decode_value(v)), REQUIRED),
     "lease": (optional(integer(1, _MAX_ID)), None),
 }
 
@@ -529,7 +342,7 @@ _PAGE_SPEC: Final[Spec] = {
 def parse_page(raw: Any) -> Page:
     """The raw (not yet decoded) result of ``read`` or ``take``, every field checked."""
     fields = read_fields("Batch", raw, _PAGE_SPEC)
-    job: JobInfo = fields["job"]
+    job: HostJobInfo = fields["job"]
     records = raw_records(fields["records"], job.id, job.location)
     return Page(records=records, next_seq=fields["next_seq"], job=job, lease=fields["lease"])
 
@@ -548,13 +361,25 @@ def peek_page(raw: Any) -> tuple[int, int, int]:
     raise ProtocolError(f"Batch: malformed, got {show(raw)}")
 
 
+class SessionState(enum.StrEnum):
+    """Where a session of the job host stands; the wire and the store carry the values."""
+
+    OPENED = "Opened"  # a controller is attached
+    DISCONNECTED = "Disconnected"  # none is: its jobs run on, its idle timeout counts down
+    CLOSED = "Closed"  # closed (or idle past its timeout): its jobs were stopped
+
+
+_LISTED: Final = (SessionState.OPENED.value, SessionState.DISCONNECTED.value)
+
+
 @attrs.frozen(kw_only=True)
 class SessionInfo(_Shape):
-    """A session of the job host, as ``sessions`` (and ``asyncjobs.get_sessions``) lists it."""
+    """A session of the job host, as ``sessions`` (and ``asyncjobs.get_sessions``) lists it;
+    ``state`` is a ``SessionState``'s value (a closed session is not listed)."""
 
     SPEC: ClassVar[Spec] = {
         "name": (name, REQUIRED),
-        "state": (one_of("Opened", "Disconnected"), REQUIRED),  # Opened: a controller is on it
+        "state": (one_of(*_LISTED), REQUIRED),  # Opened: a controller is on it
         "job_count": (integer(0), REQUIRED),
         "idle_timeout": (_SECONDS, REQUIRED),
     }
@@ -564,38 +389,113 @@ class SessionInfo(_Shape):
     idle_timeout: float | None
 
 
-def _many(item: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def parse(v: Any) -> list[Any]:
-        if type(v) is not list:
-            raise ProtocolError(f"result: expected a list, got {show(v)}")
-        return [item(x) for x in v]
+# -- the operations: one table, each op's fields, result and flags declared together ----------
 
-    return parse
+_STREAMS: Final = optional(list_of(one_of(*STREAMS), min_len=1, max_len=len(STREAMS)))
+_LIMIT: Final = optional(integer(1, 100_000))
+_JOB_ONLY: Final[Spec] = {"job": (_JOB, REQUIRED)}
+
+START_COMMAND: Final = Op(
+    "start_command",
+    {
+        "command": (operation.command, REQUIRED),
+        "name": (optional(text), None),
+        "cwd": (optional(text), None),
+        "env": (optional(operation.env), None),
+        "input": (optional(of_type("must be a str or bytes", str, bytes)), None),
+        "buffer": (optional(operation.buffer), None),
+    },
+    HostJobInfo.from_wire,  # the job, running
+)
+GET: Final = Op(
+    "get",
+    {
+        "id": (optional(_JOB), None),
+        "name": (optional(text), None),  # a shell-style pattern
+        "state": (optional(one_of(*(s.value for s in JobState))), None),
+        "kind": (optional(one_of(*KINDS)), None),
+        "location": (optional(text), None),
+        "session_name": (optional(name), None),  # not "session": handlers take that
+        "has_more_data": (optional(boolean), None),
+    },
+    many(HostJobInfo.from_wire),
+    paged=True,
+)
+JOB: Final = Op("job", _JOB_ONLY, HostJobInfo.from_wire)
+WAIT: Final = Op(
+    "wait",
+    {
+        "jobs": (list_of(_JOB), REQUIRED),  # empty: every job of the session, as Wait-Job
+        "any": (boolean, False),
+        "timeout": (_SECONDS, None),
+    },
+    many(HostJobInfo.from_wire),  # the jobs finished when it returned
+)
+#: Keep semantics: nothing is consumed; any number of readers.
+READ: Final = Op(
+    "read",
+    {
+        "job": (_JOB, REQUIRED),
+        "from_seq": (integer(0), 0),
+        "streams": (_STREAMS, None),
+        "limit": (_LIMIT, None),
+        "wait": (_SECONDS, None),  # long-poll: seconds to wait for a first record
+        "unreceived": (boolean, False),  # only records not taken yet (Receive-Job -Keep)
+    },
+    Batch.from_wire,
+    paged=True,
+)
+#: Receive-once (Receive-Job): the records handed over are gone, for everyone.
+TAKE: Final = Op(
+    "take",
+    {
+        "job": (_JOB, REQUIRED),
+        "streams": (_STREAMS, None),
+        "limit": (_LIMIT, None),
+        "wait": (_SECONDS, None),
+    },
+    Batch.from_wire,
+    paged=True,
+)
+#: Receive-once is acknowledged: ``take`` hands out a lease; ``ack`` says how many of its
+#: records (from its first) were handed to the caller, and with ``release`` gives the rest
+#: back. A lease not released when its connection ends is given back whole but for what was
+#: acknowledged. Answered in order with the requests around it.
+ACK: Final = Op(
+    "ack",
+    {
+        "lease": (integer(1, _MAX_ID), REQUIRED),
+        "count": (integer(0), REQUIRED),
+        "release": (boolean, False),
+    },
+    none,
+    inline=True,
+)
+STOP: Final = Op("stop", _JOB_ONLY, HostJobInfo.from_wire)  # the job, finished
+REMOVE: Final = Op(
+    "remove",
+    {"job": (_JOB, REQUIRED), "force": (boolean, False)},
+    none,  # force: stop first
+)
+SESSIONS: Final = Op("sessions", {}, many(SessionInfo.from_wire))
+DISCONNECT: Final = Op("disconnect", {}, none, inline=True, last=True)
+CLOSE_SESSION: Final = Op("close_session", {}, none)  # this connection's: its jobs stop
+PING: Final = Op("ping", {}, anything_at_all)
+
+#: Every operation, in the order error messages list them.
+OPS: Final[tuple[Op[Any], ...]] = (
+    START_COMMAND, GET, JOB, WAIT, READ, TAKE, ACK, STOP, REMOVE, SESSIONS, DISCONNECT,
+    CLOSE_SESSION, PING,
+)  # fmt: skip
+OP_NAMED: Final[Mapping[str, Op[Any]]] = {op.name: op for op in OPS}
 
 
-def _none(v: Any) -> None:
-    if v is not None:
-        raise ProtocolError(f"result: expected null, got {show(v)}")
-
-
-#: Each op's result on the wire, made into objects (every field checked) by ``parse_result``.
-RESULTS: Final[Mapping[str, Callable[[Any], Any]]] = {
-    "start_command": JobInfo.from_wire,  # the job, running
-    "get": _many(JobInfo.from_wire),
-    "job": JobInfo.from_wire,
-    "wait": _many(JobInfo.from_wire),  # the jobs finished when it returned
-    "read": Batch.from_wire,
-    "take": Batch.from_wire,
-    "ack": _none,
-    "stop": JobInfo.from_wire,  # the job, finished
-    "remove": _none,
-    "sessions": _many(SessionInfo.from_wire),
-    "disconnect": _none,
-    "close_session": _none,
-    "ping": lambda v: v,  # anything
-}
-
-
-def parse_result(op: str, result: Any) -> Any:
-    """``result`` of ``op``: a ``JobInfo``, a list of them, a ``Batch``, ... (see ``RESULTS``)."""
-    return RESULTS[op](result)
+def validate_args(
+    op: str, args: Any, *, error: type[AsyncJobsError] = ProtocolError
+) -> dict[str, Any]:
+    """``args`` of the op named ``op`` (as the wire names it) checked, with every default
+    filled in; an unknown name raises ``error`` listing the ops."""
+    found = OP_NAMED.get(op)
+    if found is None:
+        raise error(f"Request: unknown op {op!r}; the ops are {', '.join(OP_NAMED)}")
+    return found.validate(args, error=error)

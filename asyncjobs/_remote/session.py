@@ -16,6 +16,7 @@ import asyncssh
 
 from .._core.errors import AsyncJobsError
 from .._host.client import HostConnection, HostJobs, HostSession
+from .._host.protocol import Op
 from .._ssh.runner import invoke_on_session
 from .._ssh.session import ConnectTimings, SSHSession
 from .._ssh.targets import Target
@@ -136,7 +137,7 @@ class RemoteHostConnection:
                 self._options["create"] = False
             return self._host
 
-    async def request(self, op: str, **args: Any) -> Any:
+    async def request(self, op: Op[Any], **args: Any) -> Any:
         return await (await self.host())._c.request(op, **args)
 
     async def connection(self) -> HostConnection:
