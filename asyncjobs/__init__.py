@@ -78,10 +78,10 @@ if TYPE_CHECKING:
     from ._core.context import progress as progress
     from ._core.context import stop_requested as stop_requested
     from ._core.job import Job as Job
-    from ._host.client import HostJobInfo as HostJobInfo
     from ._host.client import HostSession as HostSession
     from ._host.client import connect_local as connect_local
     from ._host.protocol import SessionInfo as SessionInfo
+    from ._host.records import HostJobInfo as HostJobInfo
     from ._local.manager import JobManager as JobManager
     from ._remote.connect import connect as connect
     from ._remote.connect import get_sessions as get_sessions
@@ -106,7 +106,7 @@ _LAZY = {
     "get_sessions": ("._remote.connect", "get_sessions"),
     "connect_local": ("._host.client", "connect_local"),
     "HostSession": ("._host.client", "HostSession"),
-    "HostJobInfo": ("._host.client", "HostJobInfo"),
+    "HostJobInfo": ("._host.records", "HostJobInfo"),
     "SessionInfo": ("._host.protocol", "SessionInfo"),
 }
 

@@ -266,14 +266,21 @@ def test_fast_get_reads_what_the_host_would_answer(hostdir: Path) -> None:
     ok("wait", "1", "2")
     ok("receive", "2")
 
-    async def from_host() -> list[dict[str, Any]]:
+    async def from_host(filters: dict[str, str]) -> list[dict[str, Any]]:
         async with connect_local(None, create=False) as s:
-            return [host_job_json(j) for j in await s.jobs.get()]
+            return [host_job_json(j) for j in await s.jobs.get(**filters)]
 
-    via_host = anyio.run(from_host, backend="asyncio")
+    via_host = anyio.run(from_host, {}, backend="asyncio")
     assert ok("get", "--json").doc()["jobs"] == via_host
     assert read_jobs(hostdir / "store.sqlite") == via_host
     assert [j["has_more_data"] for j in via_host] == [True, False, True]
+    # The same filters select the same jobs (the fast path calls the host's select_jobs).
+    for filters in ({"name": "x*"}, {"state": "Completed"}, {"name": "Job?", "state": "Running"}):
+        expected = anyio.run(from_host, filters, backend="asyncio")
+        flags = [f"--{key}={value}" for key, value in filters.items()]
+        assert ok("get", "--json", *flags).doc()["jobs"] == expected
+        assert read_jobs(hostdir / "store.sqlite", **filters) == expected
+        assert len(expected) == 1
     ok("stop", "3")
 
 

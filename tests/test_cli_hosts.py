@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asyncjobs._cli._fastget import SCHEMA_VERSION
 from asyncjobs._cli._hosts import (
     HostSyntaxError,
     expand,
@@ -25,7 +24,6 @@ from asyncjobs._cli._output import exit_code
 from asyncjobs._cli._terminal import plain_table
 from asyncjobs._cli._text import cli_message
 from asyncjobs._core.errors import NoSuchJob
-from asyncjobs._host.store import SCHEMA_VERSION as STORE_SCHEMA_VERSION
 from asyncjobs._ssh.targets import Target
 
 
@@ -214,7 +212,6 @@ def test_tables_exit_codes_and_the_store_schema() -> None:
         137,
     ]
     assert [exit_code(s, None) for s in ("Failed", "Stopped", "Disconnected")] == [255, 143, 255]
-    assert SCHEMA_VERSION == STORE_SCHEMA_VERSION  # the fast reader knows the store's schema
 
 
 def test_library_hints_become_command_line_flags() -> None:

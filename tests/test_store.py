@@ -9,6 +9,7 @@ import random
 import signal
 import sqlite3
 import stat
+import struct
 import subprocess
 import threading
 import time
@@ -19,14 +20,16 @@ import attrs
 import pytest
 
 from asyncjobs import STREAMS, JobArgumentError, NoSuchJob
+from asyncjobs._core.state import JobState
+from asyncjobs._host.records import HostJobInfo
 from asyncjobs._host.store import (
     SCHEMA_VERSION,
-    JobRow,
     Piece,
     SessionRow,
     Store,
     StoredRecord,
     StoreError,
+    read_jobs,
 )
 from tests.conftest import python
 
@@ -37,7 +40,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
         yield s
 
 
-def new_job(store: Store, name: str | None = None, session: str = "s1") -> JobRow:
+def new_job(store: Store, name: str | None = None, session: str = "s1") -> HostJobInfo:
     return store.new_job(
         session=session, name=name, kind="BackgroundJob", command="make all",
         location="build1", instance_id="0b7d",
@@ -56,6 +59,14 @@ def value_of(seq: int) -> bytes:
 def rows(first: int, n: int) -> list[tuple[str, bytes, float]]:
     """Records ``first .. first + n - 1``, each made from its seq."""
     return [(stream_of(s), value_of(s), 1000.0 + s) for s in range(first, first + n)]
+
+
+def stored(store: Store, job_id: int, column: str) -> object:
+    """A column of a job's row as the file holds it (one the job record does not carry)."""
+    with sqlite3.connect(store.path) as conn:
+        (value,) = conn.execute(f"SELECT {column} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    conn.close()
+    return value
 
 
 def chunk_count(store: Store, job_id: int) -> int:
@@ -90,9 +101,15 @@ def test_new_job_defaults_and_ids_never_reused(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     with Store.open(path) as store:
         first = new_job(store)
-        assert (first.id, first.name, first.state, first.next_seq) == (1, "Job1", "NotStarted", 0)
-        assert first.cursors == dict.fromkeys(STREAMS, 0)
-        assert (first.dropped, first.pid, first.reason, first.exit_status) == (0, None, None, None)
+        assert (first.id, first.name, first.state.value, first.next_seq) == (
+            1,
+            "Job1",
+            "NotStarted",
+            0,
+        )
+        assert store.cursors(first.id) == dict.fromkeys(STREAMS, 0)
+        assert (first.dropped, first.reason, first.exit_status) == (0, None, None)
+        assert stored(store, first.id, "pid") is None and first.has_more_data  # not started yet
         assert first.session == "s1" and first.command == "make all" and first.location == "build1"
         second = new_job(store, name="build")
         assert (second.id, second.name) == (2, "build")
@@ -118,12 +135,12 @@ def test_jobs_by_session(store: Store) -> None:
 def test_update_job(store: Store) -> None:
     job = new_job(store)
     row = store.update_job(job.id, state="Running", started_at=5.0, pid=4242)
-    assert (row.state, row.started_at, row.pid) == ("Running", 5.0, 4242)
+    assert (row.state.value, row.started_at, stored(store, job.id, "pid")) == ("Running", 5.0, 4242)
     row = store.update_job(
         job.id, state="Failed", reason="boom", exit_status=2, finished_at=6, dropped=3
     )
     assert row == store.job(job.id)
-    assert (row.state, row.reason, row.exit_status, row.finished_at, row.dropped) == (
+    assert (row.state.value, row.reason, row.exit_status, row.finished_at, row.dropped) == (
         "Failed", "boom", 2, 6.0, 3,
     )  # fmt: skip
     assert store.update_job(job.id) == row
@@ -148,7 +165,7 @@ def test_set_job_and_new_job_rows_match_what_is_stored(store: Store) -> None:
     assert new_job(store) == store.job(reserved + 1)  # named after the insert
     store.set_job(reserved, state="Completed", exit_status=0, finished_at=4.0)
     done = store.job(reserved)
-    assert done is not None and (done.state, done.exit_status, done.finished_at) == (
+    assert done is not None and (done.state.value, done.exit_status, done.finished_at) == (
         "Completed", 0, 4.0,
     )  # fmt: skip
     store.set_job(reserved)  # nothing to change: fine
@@ -244,7 +261,7 @@ def test_take_receives_once_by_stream(store: Store) -> None:
     assert [r.value for r in store.read(job.id, unreceived_only=True)] == [b"w0", b"o1"]
     assert [r.value for r in store.take(job.id, ["output"])] == [b"o1"]
     assert store.take(job.id, ["output"]) == []
-    assert store.job(job.id).cursors["output"] == 3  # type: ignore[union-attr]
+    assert store.cursors(job.id)["output"] == 3
     assert store.unreceived(job.id) == 1
     assert [r.value for r in store.take(job.id)] == [b"w0"]
     assert store.unreceived(job.id) == 0
@@ -394,6 +411,124 @@ def test_files_that_are_not_stores(tmp_path: Path) -> None:
         Store.open(other)
 
 
+#: The schema of version 1 as the asyncjobs of issue 9 wrote it, written out (not made from
+#: ``schema.SCHEMA``): a store on disk from then must open and read the same.
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sessions (name TEXT PRIMARY KEY, state TEXT NOT NULL, idle_timeout REAL NOT NULL,
+    output_buffering TEXT NOT NULL, created_at REAL NOT NULL, disconnected_at REAL);
+CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NULL,
+    session TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, command TEXT NOT NULL,
+    location TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, exit_status INTEGER,
+    started_at REAL, finished_at REAL, next_seq INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0, pid INTEGER, created_at REAL NOT NULL,
+    c_output INTEGER NOT NULL DEFAULT 0, c_error INTEGER NOT NULL DEFAULT 0,
+    c_warning INTEGER NOT NULL DEFAULT 0, c_verbose INTEGER NOT NULL DEFAULT 0,
+    c_debug INTEGER NOT NULL DEFAULT 0, c_information INTEGER NOT NULL DEFAULT 0,
+    c_progress INTEGER NOT NULL DEFAULT 0, n_output INTEGER NOT NULL DEFAULT 0,
+    n_error INTEGER NOT NULL DEFAULT 0, n_warning INTEGER NOT NULL DEFAULT 0,
+    n_verbose INTEGER NOT NULL DEFAULT 0, n_debug INTEGER NOT NULL DEFAULT 0,
+    n_information INTEGER NOT NULL DEFAULT 0, n_progress INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX jobs_by_session ON jobs (session);
+CREATE TABLE chunks (job INTEGER NOT NULL, first_seq INTEGER NOT NULL, count INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (job, first_seq));
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO sessions VALUES ('cli', 'Disconnected', 604800.0, 'block', 10.0, 11.0);
+INSERT INTO jobs (id, instance_id, session, name, kind, command, location, state, reason,
+    exit_status, started_at, finished_at, next_seq, pid, created_at, c_output, n_output,
+    n_error)
+    VALUES (7, '0b7d', 'cli', 'build', 'BackgroundJob', 'make', 'here', 'Failed', 'boom', 2,
+    1.0, 2.0, 3, 4242, 0.5, 1, 1, 1);
+"""
+# One chunk of three records (seqs 0-2: output, output, error), as version 1 packed them:
+# stream codes (u8), times (f64 LE), value lengths (u32 LE), the values.
+V1_CHUNK = (
+    bytes([0, 0, 1]) + struct.pack("<3d", 1.0, 1.5, 2.0) + struct.pack("<3I", 1, 2, 3) + b"abbccc"
+)
+
+
+def test_a_store_written_by_schema_version_1_opens_and_reads(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+        conn.execute("INSERT INTO chunks VALUES (7, 0, 3, ?)", (V1_CHUNK,))
+    conn.close()
+    with Store.open(path) as store:
+        assert store.sessions() == [
+            SessionRow("cli", "Disconnected", 604800.0, "block", 10.0, 11.0)
+        ]
+        job = store.job(7)
+        assert job == HostJobInfo(
+            id=7, name="build", kind="BackgroundJob", command="make", location="here",
+            session="cli", state=JobState.FAILED, has_more_data=True, reason="boom",
+            exit_status=2, started_at=1.0, finished_at=2.0, next_seq=3, dropped=0,
+            instance_id="0b7d",
+        )  # fmt: skip
+        assert [tuple(r) for r in store.read(7)] == [
+            (0, "output", b"a", 1.0), (1, "output", b"bb", 1.5), (2, "error", b"ccc", 2.0)
+        ]  # fmt: skip
+        assert store.cursors(7)["output"] == 1 and store.unreceived(7) == 2
+        assert [r.value for r in store.take(7)] == [b"bb", b"ccc"]
+        assert store.job(7).has_more_data is False  # type: ignore[union-attr]
+        assert store.append(7, [("output", b"d", 3.0)]) == 4
+        assert read_jobs(path) == store.jobs()
+
+
+def test_rows_are_read_by_column_name(tmp_path: Path) -> None:
+    """A jobs table whose columns come in another order (as a migration might leave them)
+    reads the same: nothing is taken by position."""
+    path = tmp_path / "store.db"
+    head, rest = V1_SCHEMA.split("CREATE TABLE jobs (", 1)
+    columns, tail = rest.split(");", 1)
+    parts = [c.strip() for c in columns.replace("\n", " ").split(",")]
+    shuffled = [parts[0], *reversed(parts[1:])]
+    with sqlite3.connect(path) as conn:
+        conn.executescript(f"{head}CREATE TABLE jobs ({', '.join(shuffled)});{tail}")
+    conn.close()
+    with Store.open(path) as store:
+        job = store.job(7)
+        assert job is not None
+        assert (job.name, job.kind, job.command, job.location, job.session) == (
+            "build", "BackgroundJob", "make", "here", "cli"
+        )  # fmt: skip
+        assert (job.state, job.reason, job.exit_status, job.next_seq) == (
+            JobState.FAILED, "boom", 2, 3,
+        )  # fmt: skip
+        assert (job.started_at, job.finished_at, job.instance_id) == (1.0, 2.0, "0b7d")
+        assert store.cursors(7)["output"] == 1 and store.unreceived(7) == 2
+        new = new_job(store)
+        assert store.job(new.id) == new
+
+
+def test_has_more_data_while_active_or_unreceived(store: Store) -> None:
+    job = new_job(store)
+    assert job.has_more_data and store.job(job.id).has_more_data  # type: ignore[union-attr]
+    done = store.update_job(job.id, state="Completed", exit_status=0)
+    assert done.state is JobState.COMPLETED and not done.has_more_data
+    store.append(job.id, rows(0, 2))
+    assert store.job(job.id).has_more_data  # type: ignore[union-attr]
+    store.take(job.id)
+    assert not store.job(job.id).has_more_data  # type: ignore[union-attr]
+
+
+def test_read_jobs_reads_without_a_store(tmp_path: Path) -> None:
+    """What the command line's fast path reads: the same records, nothing created."""
+    path = tmp_path / "host" / "store.db"
+    with pytest.raises(StoreError, match="can't read the job store"):
+        read_jobs(path)
+    assert not path.parent.exists()
+    with Store.open(path) as store:
+        new_job(store)
+        store.update_job(new_job(store, name="b").id, state="Failed", reason="x")
+        assert read_jobs(path) == store.jobs()
+    Store.open(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        read_jobs(path)
+
+
 def test_closed_store_and_repr(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "store.db")
     assert repr(store) == f"<asyncjobs.Store {str(tmp_path / 'store.db')!r} open>"
@@ -534,9 +669,9 @@ def test_sigkill_mid_append_loses_no_acknowledged_record(
         assert store.recover("the job host died") == [job.id]
         row = store.job(job.id)
         assert row is not None
-        assert (row.state, row.reason) == ("Failed", "the job host died")
+        assert (row.state.value, row.reason) == ("Failed", "the job host died")
         assert row.finished_at is not None
-        assert store.job(done.id).state == "Completed"  # type: ignore[union-attr]
+        assert store.job(done.id).state.value == "Completed"  # type: ignore[union-attr]
         assert store.recover("again") == []
 
 
@@ -548,10 +683,13 @@ def test_recover_fails_every_active_state(store: Store) -> None:
         ids[state] = new_job(store).id
         store.update_job(ids[state], state=state, reason="old" if state == "Failed" else None)
     assert store.recover("host died") == [ids[s] for s in states[:7]]
-    after = {s: store.job(i) for s, i in ids.items()}
-    assert all(after[s].state == "Failed" and after[s].reason == "host died" for s in states[:7])  # type: ignore[union-attr]
-    assert [after[s].state for s in states[7:]] == ["Completed", "Failed", "Stopped"]  # type: ignore[union-attr]
-    assert after["Failed"].reason == "old"  # type: ignore[union-attr]
+    found = {s: store.job(i) for s, i in ids.items()}
+    after = {s: job for s, job in found.items() if job is not None}
+    assert all(
+        after[s].state.value == "Failed" and after[s].reason == "host died" for s in states[:7]
+    )
+    assert [after[s].state.value for s in states[7:]] == ["Completed", "Failed", "Stopped"]
+    assert after["Failed"].reason == "old"
 
 
 def test_append_pieces_stores_what_append_would(store: Store) -> None:

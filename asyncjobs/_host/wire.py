@@ -17,6 +17,10 @@ reversibly, with three tags, each a dict of one key:
 Tuples travel as lists (JSON has one sequence type); ``bytearray``/``memoryview`` as ``bytes``.
 Strings holding lone surrogates (``os.fsdecode`` of a non-UTF-8 file name) survive: such a frame
 is sent as ASCII JSON with ``\\u`` escapes.
+
+Also the field checks that every message and record is read through (``read_fields``), the base
+of the shapes that cross the wire (``Shape``), and the one table of stream codes (the wire's and
+the store's file format). No anyio here: ``transport.FrameStream`` carries frames over a stream.
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import repeat
-from typing import Any, Final, NamedTuple, Protocol, TypeVar, final, overload
+from typing import Any, ClassVar, Final, NamedTuple, Protocol, Self, TypeVar, final, overload
 
-import anyio
-from anyio.abc import ByteStream
+import attrs
 
 from .._core.errors import AsyncJobsError, ProtocolError
 from .._core.models import STREAMS, Record, StreamName
+from .._core.state import JobState
 
 #: The protocol version this asyncjobs speaks; ``check_version`` compares the peer's.
 PROTOCOL_VERSION: Final = 2  # 2: receive-once is acknowledged (take leases, ack)
@@ -159,68 +163,6 @@ class FrameDecoder:
         self._failure = f"{message}; this connection can't be read further"
         self._buffer.clear()
         raise ProtocolError(self._failure)
-
-
-@final
-class FrameStream:
-    """Frames over an anyio byte stream (a Unix socket, an SSH channel, ...).
-
-    ``send`` may be called from many tasks at once (each frame goes out whole, in one write);
-    ``receive`` from one task at a time. ``receive`` is safe to cancel: bytes read stay buffered.
-    A send that is cancelled (or fails) midway may have cut a frame short, so every later send
-    raises ``anyio.BrokenResourceError``: close the connection.
-    """
-
-    __slots__ = ("_decoder", "_send_lock", "_torn", "stream")
-
-    def __init__(self, stream: ByteStream, *, max_frame: int = MAX_FRAME) -> None:
-        self.stream = stream
-        self._decoder = FrameDecoder(max_frame=max_frame)
-        self._send_lock = anyio.Lock()
-        self._torn = False
-
-    @property
-    def max_frame(self) -> int:
-        return self._decoder.max_frame
-
-    async def send(self, obj: dict[str, Any]) -> None:
-        """Send one frame holding ``obj``; a frame that is too big raises ``ProtocolError``."""
-        frame = encode_frame(obj, max_frame=self.max_frame)
-        async with self._send_lock:
-            if self._torn:
-                raise anyio.BrokenResourceError(
-                    "an earlier send was cut short; this connection can't be written further"
-                )
-            try:
-                await self.stream.send(frame)
-            except BaseException:
-                self._torn = True
-                raise
-
-    async def receive(self) -> dict[str, Any]:
-        """The next frame; ``anyio.EndOfStream`` when the peer closed between frames."""
-        decoder = self._decoder
-        while (frame := decoder.next_frame()) is None:
-            try:
-                data = await self.stream.receive(max(CHUNK, decoder.missing))
-            except anyio.EndOfStream:
-                if decoder.buffered:
-                    raise ProtocolError(
-                        f"truncated frame: the peer closed the stream {decoder.buffered} bytes "
-                        "into a frame"
-                    ) from None
-                raise
-            decoder.append(data)
-        return frame
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    async def __aenter__(self) -> FrameStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 # -- values -----------------------------------------------------------------------------------
@@ -454,6 +396,40 @@ def name(v: Any) -> str:
     return v
 
 
+# -- shapes: frozen classes that cross the wire as objects checked against their SPEC ---------
+
+
+@attrs.frozen
+class Shape:
+    """A frozen class that crosses the wire as an object, every field checked by ``SPEC`` on
+    receipt; a message has a ``TAG`` (its ``"t"``), a part of one (a job record) has none."""
+
+    TAG: ClassVar[str | None] = None
+    SPEC: ClassVar[Spec]
+
+    def to_wire(self) -> dict[str, Any]:
+        fields = {f.name: plain(getattr(self, f.name)) for f in attrs.fields(type(self))}
+        return {"t": self.TAG, **fields} if self.TAG else fields
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Self:
+        spec = {"t": (one_of(cls.TAG), REQUIRED), **cls.SPEC} if cls.TAG else cls.SPEC
+        fields = read_fields(cls.__name__, data, spec)
+        fields.pop("t", None)
+        return cls(**fields)
+
+
+def plain(value: Any) -> Any:
+    """A field (or a result) as data: shapes, lists of shapes and states included."""
+    if isinstance(value, Shape):
+        return value.to_wire()
+    if isinstance(value, JobState):
+        return value.value
+    if type(value) is list and value and isinstance(value[0], Shape):
+        return [plain(x) for x in value]
+    return value
+
+
 # -- records: compact rows ---------------------------------------------------------------------
 
 
@@ -484,7 +460,15 @@ class WireRecord(NamedTuple):
     time: float
 
 
-STREAM_CODES: Final[Mapping[str, int]] = {stream: code for code, stream in enumerate(STREAMS)}
+#: The streams by code, on the wire (``[seq, code, value, time]``) and in the store's chunks:
+#: file and wire format (change it only with ``store.SCHEMA_VERSION`` and ``PROTOCOL_VERSION``),
+#: not the order of ``STREAMS``, which it happens to follow.
+STREAM_NAMES: Final[tuple[StreamName, ...]] = (
+    "output", "error", "warning", "verbose", "debug", "information", "progress"
+)  # fmt: skip
+assert sorted(STREAM_NAMES) == sorted(STREAMS)
+#: Each stream's code (``STREAM_NAMES`` the other way round).
+STREAM_CODES: Final[Mapping[str, int]] = {s: code for code, s in enumerate(STREAM_NAMES)}
 
 
 def encode_records(records: Iterable[RecordLike]) -> list[list[Any]]:
@@ -530,7 +514,7 @@ def raw_records(data: Any, job_id: int, location: str) -> list[Record]:
     fast = _columns(data)
     if fast is not None:
         seqs, codes, values, times = fast
-        streams = map(STREAMS.__getitem__, codes)
+        streams = map(STREAM_NAMES.__getitem__, codes)
         return list(map(Record, streams, values, repeat(job_id), repeat(location), seqs, times))
     try:
         return _rows(data, lambda s, st, v, t: Record(st, v, job_id, location, s, t), decode=True)
@@ -551,7 +535,7 @@ def _columns(v: Any) -> tuple[Sequence[int], Sequence[int], Sequence[Any], Seque
         set(map(type, seqs)) != {int}
         or min(seqs) < 0
         or set(map(type, codes)) != {int}
-        or not 0 <= min(codes) <= max(codes) < len(STREAMS)
+        or not 0 <= min(codes) <= max(codes) < len(STREAM_NAMES)
         or set(map(type, times)) != {float}
         or not 0 <= min(times) <= max(times) < math.inf
     ):
@@ -566,7 +550,7 @@ def _rows(
 ) -> list[_R]:
     if type(v) is not list:
         raise Bad("must be a list of [seq, stream code, value, time]", v)
-    streams, count, out, leaves = STREAMS, len(STREAMS), [], _LEAVES
+    streams, count, out, leaves = STREAM_NAMES, len(STREAM_NAMES), [], _LEAVES
     for row in v:  # the fast path; _row says what is wrong
         if type(row) is list and len(row) == 4:
             seq, code, value, time = row
@@ -593,8 +577,8 @@ def _row(row: Any, at: str) -> WireRecord:
     seq, code, value, time = row
     if type(seq) is not int or seq < 0:
         raise Bad("(seq) must be an int >= 0", seq, f"{at}[0]")
-    if type(code) is not int or not 0 <= code < len(STREAMS):
-        raise Bad(f"(stream) must be a code from 0 to {len(STREAMS) - 1}", code, f"{at}[1]")
+    if type(code) is not int or not 0 <= code < len(STREAM_NAMES):
+        raise Bad(f"(stream) must be a code from 0 to {len(STREAM_NAMES) - 1}", code, f"{at}[1]")
     if type(time) not in (int, float) or not 0 <= time < math.inf:
         raise Bad("(time) must be a finite number >= 0", time, f"{at}[3]")
-    return WireRecord(seq, STREAMS[code], value, float(time))
+    return WireRecord(seq, STREAM_NAMES[code], value, float(time))
