@@ -382,7 +382,7 @@ async def test_a_bad_frame(hostdir: Path, data: bytes, reads: bool) -> None:
 
 @contextmanager
 def host_with_nofile(directory: Path, soft: int, hard: int) -> Iterator[int]:
-    """Start the job host for ``directory`` as ``_hostdir.spawn_host`` does (``python -m
+    """Start the job host for ``directory`` as ``_host.directory.spawn_host`` does (``python -m
     asyncjobs._host.daemon --daemonize``, stderr on host.log), under RLIMIT_NOFILE (soft, hard); its
     pid once its socket answers. The ``hostdir`` fixture stops it."""
     limit = f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))"

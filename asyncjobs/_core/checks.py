@@ -6,7 +6,7 @@ anything runs, with the same ``JobArgumentError`` naming the argument and the va
 it is made: locally, or on the controller before a request is sent to a job host.
 
 Only what can be judged anywhere is here; what depends on the machine a job runs on (does
-``cwd`` exist?) is checked there (``_command``).
+``cwd`` exist?) is checked there (``_local.command``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``Job``: a state machine (driven through ``_state.TRANSITIONS``) plus a record log.
+"""``Job``: a state machine (driven through ``state.TRANSITIONS``) plus a record log.
 
 Runners report events (``_mark_running``, ``_complete``, ``_fail``, ``_mark_stopped``); users read
 records (``receive``, ``stream``), wait, and stop. A parent job holds no records of its own: its
@@ -421,6 +421,22 @@ def ensure_job(value: object, what: str = "job") -> Job:
 # Named functions rather than more of Job's surface (spec/API.md fixes that): the manager and the
 # job host keep jobs in tables, name them in errors and free their records, never reaching into
 # Job's private state themselves.
+
+
+def new_leaf_job(
+    *, id: int, name: str | None, kind: JobKind, command: str, location: str, log: RecordLog
+) -> Job:
+    """A new job with a runner of its own (not a parent), for ``run_in_slot``: how a job table
+    outside the core (the manager's, the job host's) makes its jobs, ``Job`` having no public
+    constructor."""
+    return Job._leaf(id=id, name=name, kind=kind, command=command, location=location, log=log)
+
+
+def new_parent_job(
+    *, id: int, name: str | None, kind: JobKind, command: str, children: list[Job]
+) -> Job:
+    """A parent over ``children`` (a fan-out's): its state is derived from theirs."""
+    return Job._parent(id=id, name=name, kind=kind, command=command, children=children)
 
 
 def label(job: Job) -> str:

@@ -280,12 +280,3 @@ async def run_alone(name: str, kind: JobKind, command: str, location: str, body:
         return job._outcome()
     finally:
         log.release()
-
-
-def new_leaf_job(
-    *, id: int, name: str | None, kind: JobKind, command: str, location: str, log: RecordLog
-) -> Job:
-    """A new job with a runner of its own (not a parent), for ``run_in_slot``: how a job table
-    outside the core (the job host's, ...) makes its jobs, ``Job`` having no public
-    constructor."""
-    return Job._leaf(id=id, name=name, kind=kind, command=command, location=location, log=log)

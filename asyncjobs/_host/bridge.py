@@ -1,6 +1,6 @@
 """The bridge: run on a host over SSH, it joins the SSH channel to this user's job host.
 
-``python3 -m asyncjobs._host.bridge`` (from the runtime zip, see ``_runtime.bridge_command``)
+``python3 -m asyncjobs._host.bridge`` (from the runtime zip, see ``runtime.bridge_command``)
 connects to the job host's Unix socket (starting the host if it does not run) and copies bytes
 both ways: stdin to the socket, the socket to stdout. So the controller reaches the job host
 through the SSH connection it already has: no extra port, no extra credentials. Plain threads
@@ -102,7 +102,7 @@ def host_argv() -> list[str]:
 
 
 def _spawn_host(directory: Path) -> None:
-    """Start a detached job host for ``directory`` (as ``_hostdir.spawn_host``; it exits at
+    """Start a detached job host for ``directory`` (as ``directory.spawn_host``; it exits at
     once if one already runs), in the user's home, as ``ssh`` runs commands."""
     env = dict(os.environ)
     env[ENV_DIR] = str(directory)

@@ -337,6 +337,12 @@ class HostSession:
         return f"<asyncjobs.HostSession {self.name!r} {self.location} {state}>"
 
 
+def connection_of(session: HostSession) -> HostConnection:
+    """The connection ``session`` talks through (the remote glue's bridge hands it to
+    ``session.jobs`` of an SSH ``Session``); not a public attribute of ``HostSession``."""
+    return session._c
+
+
 async def open_host_session(
     stream: anyio.abc.ByteStream,
     *,

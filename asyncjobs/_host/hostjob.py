@@ -23,10 +23,10 @@ import attrs
 from anyio.abc import TaskStatus
 
 from .._core.errors import JobStateError, NoSuchJob
-from .._core.job import Job
+from .._core.job import Job, new_leaf_job
 from .._core.log import RecordLog
 from .._core.models import STREAMS, Buffer
-from .._core.runner import Run, new_leaf_job, run_in_slot
+from .._core.runner import Run, run_in_slot
 from .._core.state import JobState
 from .._local.command import CommandSpec
 from .directory import ENV_DIR

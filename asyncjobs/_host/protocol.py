@@ -1,6 +1,6 @@
 """The messages between a controller and the job host, each field checked on receipt.
 
-A connection is a ``FrameStream`` (``_wire``). The controller's first frame is a ``Hello``; the
+A connection is a ``FrameStream`` (``wire``). The controller's first frame is a ``Hello``; the
 host answers with a ``Welcome``, or refuses (wrong version, unknown session) with a failed
 ``Response`` of id 0 and closes. Then the controller sends ``Request`` frames and the host
 answers each with the ``Response`` of the same id, in any order (a long-polling ``read`` does

@@ -1,9 +1,9 @@
 """The job host's store: sessions, jobs and every job's seq-numbered records, on disk, crash-safe.
 
-It is ``_log``'s record log persisted: one append-only log per job, seqs from 0 across the seven
-streams, ``read`` with keep semantics from any seq, and per-stream receive-once cursors in the job
-row (stream ``s``'s records with ``seq < cursors[s]`` are received), each beside a count of that
-stream's unreceived records, so that ``unreceived`` reads one row.
+It is the record log (``_core.log``) persisted: one append-only log per job, seqs from 0 across
+the seven streams, ``read`` with keep semantics from any seq, and per-stream receive-once
+cursors in the job row (stream ``s``'s records with ``seq < cursors[s]`` are received), each
+beside a count of that stream's unreceived records, so that ``unreceived`` reads one row.
 
 **SQLite in WAL mode** (standard library: nothing to install on a remote host). A commit is an
 append to the ``-wal`` file, readers never block the writer, and the next open after a SIGKILL

@@ -73,7 +73,7 @@ class CommandSpec:
         lines: object = True,
     ) -> CommandSpec:
         """Check a ``start_command`` call; bad arguments raise ``JobArgumentError`` here (the
-        rules are ``_checks``': ``session.jobs`` checks a call with them before sending it,
+        rules are ``_core.checks``': ``session.jobs`` checks a call with them before sending it,
         and the job host builds its command jobs here).
 
         - ``command``: an argv list of str (run directly, no shell) or a str (run by

@@ -1,8 +1,8 @@
-"""The parent's end of the worker protocol (defined in ``_worker``): frames, a job's call made
+"""The parent's end of the worker protocol (defined in ``worker``): frames, a job's call made
 into one frame (``prepare_call``), and ``Worker``, one worker process with its pipes (how it is
 started, how it is stopped).
 
-A frame is ``_worker.HEADER`` (the length) then a pickle. Pickle is fine here: both ends are our
+A frame is ``worker.HEADER`` (the length) then a pickle. Pickle is fine here: both ends are our
 own processes, started by us. Nothing read from another host ever goes through this module.
 """
 
@@ -206,7 +206,7 @@ def _environment(env: Mapping[str, str] | None) -> dict[str, str] | None:
 
 # -- one worker process ----------------------------------------------------------------------
 
-#: Loads ``_worker.py`` by path (its cached bytecode too) without importing the package.
+#: Loads ``worker.py`` by path (its cached bytecode too) without importing the package.
 _BOOT: Final = (
     "import sys\n"
     "from importlib.machinery import SourceFileLoader\n"

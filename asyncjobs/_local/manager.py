@@ -20,7 +20,16 @@ from anyio.abc import TaskGroup
 from .._core import checks
 from .._core.clock import REAL, Clock
 from .._core.errors import AsyncJobsError, JobArgumentError, JobStateError, NoSuchJob
-from .._core.job import Job, JobKind, ensure_job, label, release, watch
+from .._core.job import (
+    Job,
+    JobKind,
+    ensure_job,
+    label,
+    new_leaf_job,
+    new_parent_job,
+    release,
+    watch,
+)
 from .._core.log import RecordLog
 from .._core.models import Buffer, ManagerStatistics
 from .._core.runner import Run, SlotQueue
@@ -320,7 +329,7 @@ class JobManager:
             buffer=buffer or self.buffer,
             name=f"job {job_id}" + (f" ({name!r})" if name else ""),
         )
-        job = Job._leaf(
+        job = new_leaf_job(
             id=job_id, name=name, kind=kind, command=command, location=location, log=log
         )
         watch(job, self._job_changed)
@@ -333,7 +342,7 @@ class JobManager:
         """Register a parent job over already registered children (used by ``invoke``)."""
         job_id = self._next_id
         self._next_id += 1
-        job = Job._parent(id=job_id, name=name, kind=kind, command=command, children=children)
+        job = new_parent_job(id=job_id, name=name, kind=kind, command=command, children=children)
         watch(job, self._job_changed)
         for child in children:
             self._jobs.pop(child.id, None)  # children are reached through their parent

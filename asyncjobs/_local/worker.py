@@ -1,6 +1,6 @@
 """The child side of process jobs: ``main()`` runs in every worker process.
 
-The parent starts it as ``python -c BOOT .../asyncjobs/_worker.py`` (see ``_frames.worker_argv``),
+The parent starts it as ``python -c BOOT .../asyncjobs/_worker.py`` (see ``frames.worker_argv``),
 which loads this file on its own, without the package: ``import asyncjobs`` costs anyio and attrs
 (well over 100 ms), and a fresh worker should cost little more than a bare ``python``. So this
 module imports only small parts of the standard library (``_pickle``, not ``pickle``; no

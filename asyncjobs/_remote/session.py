@@ -15,8 +15,7 @@ import anyio
 import asyncssh
 
 from .._core.errors import AsyncJobsError
-from .._host.client import HostConnection, HostJobs, HostSession
-from .._host.protocol import Op
+from .._host.client import HostConnection, HostJobs, HostSession, connection_of
 from .._ssh.runner import invoke_on_session
 from .._ssh.session import ConnectTimings, SSHSession
 from .._ssh.targets import Target
@@ -137,11 +136,8 @@ class RemoteHostConnection:
                 self._options["create"] = False
             return self._host
 
-    async def request(self, op: Op[Any], **args: Any) -> Any:
-        return await (await self.host())._c.request(op, **args)
-
     async def connection(self) -> HostConnection:
-        return (await self.host())._c
+        return connection_of(await self.host())
 
     def reset(self) -> None:
         """The connection was made again: the next request opens a new bridge, and the job
