@@ -15,7 +15,9 @@ from ._hosts import HostSyntaxError
 from ._options import (
     COMMAND,
     STATES,
+    check_local,
     common,
+    connection_options,
     host_option,
     ssh_dict,
     ssh_options,
@@ -95,6 +97,11 @@ def invoke(
     if not hosts and not hostfile:
         from ._invoke import invoke_local
 
+        try:
+            check_local(ssh)  # -x without -H
+        except HostSyntaxError as exc:
+            fail("invoke", exc)
+            return
         data = read_stdin() if send_stdin else None
         run("invoke", invoke_local, command, timeout=timeout, folding=fold, input=data)
         return
@@ -244,7 +251,7 @@ def remove(job_ids: tuple[int, ...], force: bool, host: str | None, **ssh: Any) 
 
 
 @cli.command()
-@ssh_options
+@connection_options
 @common
 @click.argument("host", metavar="HOST")
 def enter(host: str, **ssh: Any) -> None:
@@ -253,10 +260,11 @@ def enter(host: str, **ssh: Any) -> None:
     HOST is [user@]host[:port]; the exit status is the shell's.
     """
     from ._enter import enter as body
+    from ._groups import LazyGroups
     from ._hosts import fold, parse_hosts
 
     try:
-        named = parse_hosts(host)
+        named = parse_hosts(host, LazyGroups())
     except HostSyntaxError as exc:
         fail("enter", exc)
         return

@@ -1,6 +1,7 @@
-"""Host lists as pdsh and clush take them: ``web[01-12],db1``, ``user@db[1-3]:2222``, a host
-file with ``#`` comments, ``-`` for standard input; and the reverse, folding host names back
-into ranges for display (``web[01-12]``), by clush's nodeset rules.
+"""Host lists as pdsh and clush take them: ``web[01-12],db1``, ``user@db[1-3]:2222``,
+``@web`` (a group, expanded by the ``GroupLookup`` the caller gives: ``_groups``), a host file
+with ``#`` comments, ``-`` for standard input; and the reverse, folding host names back into
+ranges for display (``web[01-12]``), by clush's nodeset rules.
 
 Pure: no I/O but the host file the caller names, no asyncjobs imports beyond ``Target``. Every
 malformed input raises ``HostSyntaxError`` with one line that names the token and the fix.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, TextIO
 
 from .._core.errors import JobArgumentError
@@ -19,6 +20,9 @@ from .._ssh.targets import Target
 #: More hosts than this from one expression is surely a typo (``web[1-1000000]``).
 MAX_HOSTS: Final = 100_000
 _RANGE_HINT: Final = "write ranges as web[01-12] or web[1,3,5-7]"
+
+#: The hosts of a group, by its name without the ``@`` (``"web"`` → ``["web01", ...]``).
+GroupLookup = Callable[[str], list[str]]
 
 
 class HostSyntaxError(JobArgumentError):
@@ -116,15 +120,25 @@ def expand(token: str) -> list[str]:
     return ["".join(combo) for combo in itertools.product(*parts)]
 
 
-def parse_hosts(text: str) -> list[str]:
-    """A comma list of host expressions, expanded, in order, duplicates dropped."""
+def _no_groups(name: str) -> list[str]:
+    raise HostSyntaxError(f"@{name}: a group can't be used here; name the hosts")
+
+
+def parse_hosts(text: str, groups: GroupLookup = _no_groups) -> list[str]:
+    """A comma list of host expressions and ``@groups``, expanded, in order, duplicates
+    dropped."""
     hosts: list[str] = []
     for token in split_list(text):
-        hosts.extend(expand(token))
+        if token.startswith("@"):
+            if len(token) == 1:
+                raise HostSyntaxError(f"bad host list {text!r}: '@' without a group name")
+            hosts.extend(groups(token[1:]))
+        else:
+            hosts.extend(expand(token))
     return list(dict.fromkeys(hosts))
 
 
-def read_hostfile(lines: Iterable[str], where: str) -> list[str]:
+def read_hostfile(lines: Iterable[str], where: str, groups: GroupLookup = _no_groups) -> list[str]:
     """Hosts from a file's lines: one expression (or comma list) per line, ``#`` comments."""
     hosts: list[str] = []
     for number, line in enumerate(lines, 1):
@@ -132,29 +146,32 @@ def read_hostfile(lines: Iterable[str], where: str) -> list[str]:
         if not text:
             continue
         try:
-            hosts.extend(parse_hosts(text))
+            hosts.extend(parse_hosts(text, groups))
         except HostSyntaxError as exc:
-            raise HostSyntaxError(f"{where}, line {number}: {exc}") from None
+            raise type(exc)(f"{where}, line {number}: {exc}") from None
     return list(dict.fromkeys(hosts))
 
 
 def gather(
-    host_options: Iterable[str], hostfiles: Iterable[str], stdin: TextIO | None
+    host_options: Iterable[str],
+    hostfiles: Iterable[str],
+    stdin: TextIO | None,
+    groups: GroupLookup = _no_groups,
 ) -> list[str]:
     """Every host of ``-H`` options and ``--hostfile`` files (``-`` is standard input)."""
     hosts: list[str] = []
     for option in host_options:
         if option.strip() == "-":
-            hosts.extend(_read_stdin(stdin))
+            hosts.extend(_read_stdin(stdin, groups))
         else:
-            hosts.extend(parse_hosts(option))
+            hosts.extend(parse_hosts(option, groups))
     for path in hostfiles:
         if path == "-":
-            hosts.extend(_read_stdin(stdin))
+            hosts.extend(_read_stdin(stdin, groups))
             continue
         try:
             with open(path, encoding="utf-8") as f:
-                hosts.extend(read_hostfile(f, path))
+                hosts.extend(read_hostfile(f, path, groups))
         except OSError as exc:
             raise HostSyntaxError(
                 f"can't read host file {path}: {exc.strerror or exc}; give a readable file "
@@ -163,10 +180,10 @@ def gather(
     return list(dict.fromkeys(hosts))
 
 
-def _read_stdin(stdin: TextIO | None) -> list[str]:
+def _read_stdin(stdin: TextIO | None, groups: GroupLookup) -> list[str]:
     if stdin is None:
         raise HostSyntaxError("'-' reads hosts from standard input, which is not available")
-    return read_hostfile(stdin, "standard input")
+    return read_hostfile(stdin, "standard input", groups)
 
 
 def targets(hosts: Iterable[str], *, user: str | None, port: int | None) -> list[Target]:

@@ -65,8 +65,9 @@ def common(f: F) -> F:
     )(f)
 
 
-def ssh_options(f: F) -> F:
-    """How to reach ``-H`` hosts; ~/.ssh/config applies as with ssh."""
+def connection_options(f: F) -> F:
+    """How to reach hosts: ``-l``, ``-p``, ``-i``, ``--known-hosts``, ``--connect-timeout``,
+    ``-F`` and ``-o``; ~/.ssh/config applies as with ssh. (``enter`` takes these.)"""
     options = [
         click.option("--user", "-l", metavar="USER", help="User for hosts that don't say user@."),
         click.option(
@@ -93,18 +94,47 @@ def ssh_options(f: F) -> F:
             metavar="FILE",
             help="OpenSSH client config instead of ~/.ssh/config ('none': no config).",
         ),
+        click.option(
+            "-o",
+            "ssh_option",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="An OpenSSH option, as ssh -o (repeatable): -o Port=2222 -o User=ops. It wins "
+            "over ~/.ssh/config (the first value wins, as in ssh); -l/-p/-i/--known-hosts/"
+            "--connect-timeout win over it.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
+def exclude_option(f: F) -> F:
+    """``-x HOSTS``: hosts to leave out of ``-H`` (ranges and groups too)."""
+    return click.option(
+        "-x",
+        "--exclude",
+        multiple=True,
+        metavar="HOSTS",
+        help="Leave these hosts out of -H (ranges and @groups too; repeatable): -x web[03-04].",
+    )(f)
+
+
+def ssh_options(f: F) -> F:
+    """Every option of a command that takes ``-H`` hosts, besides ``-H``: the connection
+    options and ``-x``. A new command that takes hosts (``copy``, ``gather``) gets groups,
+    ``-x`` and ``-o`` by using this and ``targets_of``/``where_of``."""
+    return exclude_option(connection_options(f))
+
+
 def host_option(f: F) -> F:
+    """``-H`` for commands that talk to one job host."""
     return click.option(
         "-H",
         "--host",
         metavar="HOST",
-        help="The job host of [user@]HOST[:PORT] over SSH (default: this machine's).",
+        help="The job host of [user@]HOST[:PORT] or a one-host @group, over SSH "
+        "(default: this machine's).",
     )(f)
 
 
@@ -150,36 +180,79 @@ def ssh_dict(ssh: dict[str, Any]) -> dict[str, Any]:
         options["connect_timeout"] = ssh["connect_timeout"]
     if ssh.get("ssh_config"):
         options["config"] = [] if ssh["ssh_config"] == "none" else [ssh["ssh_config"]]
+    if ssh.get("ssh_option"):
+        from ._openssh import OpenSSHOptions, user_config
+
+        given = OpenSSHOptions.parse(ssh["ssh_option"])
+        options["config"] = [str(given.file()), *user_config(ssh.get("ssh_config"))]
+        if given.connect_timeout is not None:
+            options.setdefault("connect_timeout", given.connect_timeout)
     return options
 
 
+def check_ssh(ssh: dict[str, Any]) -> None:
+    """Every file the flags name, and every ``-o``: a usage error before anything connects."""
+    check_files(ssh)
+    if ssh.get("ssh_option"):
+        from ._openssh import OpenSSHOptions
+
+        OpenSSHOptions.parse(ssh["ssh_option"])
+
+
+def check_local(ssh: dict[str, Any]) -> None:
+    """A command run here (no ``-H``) refuses ``-x``, which only takes hosts out of ``-H``."""
+    if ssh.get("exclude"):
+        raise HostSyntaxError(
+            f"-x {ssh['exclude'][0]!r} leaves hosts out of -H, and no -H names any; give -H HOSTS"
+        )
+
+
 def where_of(host: str | None, ssh: dict[str, Any]) -> Where:
+    """The one job host of ``-H`` (a host or a group of one, less ``-x``)."""
     from ._access import Where
+    from ._groups import LazyGroups, exclude
     from ._hosts import parse_hosts, targets
 
     if host is None:
+        check_local(ssh)
         return Where()
-    hosts = parse_hosts(host)
-    if len(hosts) != 1:
+    groups = LazyGroups()
+    hosts = parse_hosts(host, groups)
+    chosen = targets(hosts, user=ssh.get("user"), port=ssh.get("port"))
+    left = exclude(chosen, ssh.get("exclude") or (), groups)
+    if not left:
+        raise _all_excluded(f"-H {host!r}", ssh)
+    if len(left) != 1:
         raise HostSyntaxError(
-            f"-H {host!r} names {len(hosts)} hosts; this command takes one "
+            f"-H {host!r} names {len(left)} hosts; this command takes one "
             "('asyncjobs invoke' runs a command on many)"
         )
-    [target] = targets(hosts, user=ssh.get("user"), port=ssh.get("port"))
-    check_files(ssh)
-    return Where(target, ssh_dict(ssh))
-
-
-# -- the one error boundary -----------------------------------------------------------------
+    check_ssh(ssh)
+    return Where(left[0], ssh_dict(ssh))
 
 
 def targets_of(hosts: Sequence[str], hostfiles: Sequence[str], ssh: dict[str, Any]) -> list[Target]:
-    """The hosts of ``-H`` and ``--hostfile``, checked, ``--user``/``--port`` filled in."""
+    """The hosts of ``-H`` (groups expanded) and ``--hostfile``, less ``-x``, checked,
+    ``--user``/``--port`` filled in; every ``-o`` checked. Nothing connects yet."""
+    from ._groups import LazyGroups, exclude
     from ._hosts import gather, targets
 
-    names = gather(hosts, hostfiles, sys.stdin)
+    groups = LazyGroups()
+    names = gather(hosts, hostfiles, sys.stdin, groups)
     if not names:
         raise HostSyntaxError("no hosts: -H and --hostfile named none")
     chosen = targets(names, user=ssh.get("user"), port=ssh.get("port"))
-    check_files(ssh)
-    return chosen
+    left = exclude(chosen, ssh.get("exclude") or (), groups)
+    if not left:
+        named = " ".join([*(f"-H {h!r}" for h in hosts), *(f"--hostfile {f}" for f in hostfiles)])
+        raise _all_excluded(named, ssh)
+    check_ssh(ssh)
+    return left
+
+
+def _all_excluded(named: str, ssh: dict[str, Any]) -> HostSyntaxError:
+    removed = " ".join(f"-x {x!r}" for x in ssh.get("exclude") or ())
+    return HostSyntaxError(
+        f"{removed} removes every host of {named}: nothing to run on, nothing connected; "
+        "exclude fewer hosts"
+    )

@@ -96,6 +96,8 @@ class HostConfig:
     global_known_hosts: tuple[str, ...] = ()
     #: ``IdentityFile`` (None: not set)
     identity_files: tuple[str, ...] | None = None
+    #: ``ProxyJump`` (``none`` or not set: None), the hops as written
+    proxy_jump: str | None = None
 
     @property
     def destination(self) -> str:
@@ -162,7 +164,12 @@ def resolve(host: str, port: int | tuple[()], options: Mapping[str, Any]) -> Hos
         user_known_hosts=None if user_files is None else tuple(map(str, user_files)),  # type: ignore[call-overload]
         global_known_hosts=tuple(map(str, config.get("GlobalKnownHostsFile", ()))),  # type: ignore[call-overload]
         identity_files=None if identities is None else tuple(map(str, identities)),  # type: ignore[call-overload]
+        proxy_jump=_jump(config.get("ProxyJump")),
     )
+
+
+def _jump(value: object) -> str | None:
+    return None if value is None or str(value).lower() == "none" else str(value)
 
 
 def _opt_str(value: object) -> str | None:
@@ -354,6 +361,31 @@ def _warn_once(key: tuple[str, bytes], message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         log.warning(message)
+
+
+# -- options given one by one (``-o Key=Value``) ------------------------------------------------
+
+
+def option_names() -> dict[str, str]:
+    """The client config options asyncjobs honours, by lower-case name (``"port"`` →
+    ``"Port"``): those asyncssh's config reader applies, and ``StrictHostKeyChecking`` and
+    ``HashKnownHosts``, which ``HostKeys`` applies. ``Host``, ``Match`` and ``Include`` are
+    among them: they are config structure, not options."""
+    return {key: name for key, (name, _) in _ClientConfig._handlers.items()}
+
+
+def config_problem(path: str) -> tuple[int, str] | None:
+    """Read ``path`` alone as an SSH client config: None if it reads, else the line of the
+    first error and what is wrong there (``Invalid Port integer value: abc``)."""
+    try:
+        _ClientConfig.load(None, [path], False, False, False, "user", (), "host", ())
+    except asyncssh.ConfigParseError as exc:
+        where, _, reason = str(exc).partition(": ")
+        number = where.rpartition(" line ")[2]
+        return (int(number) if number.isdigit() else 0), reason or str(exc)
+    except (OSError, ValueError) as exc:
+        return 0, str(exc)
+    return None
 
 
 # -- the files a caller named ---------------------------------------------------------------
