@@ -399,3 +399,11 @@ def test_o_reaches_the_job_host_commands(home: Home) -> None:
     )
     assert listed.rc == 0, listed
     assert os.path.isdir(home.path / "jobhost" / "ssh-options")
+
+
+def test_docs_list_exactly_the_options_o_takes() -> None:
+    from asyncjobs._cli._openssh import honoured
+
+    text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    section = text.split("`-o` takes: ", 1)[1].split("; and", 1)[0]
+    assert [name.strip(" `\n") for name in section.split(",")] == honoured()

@@ -174,8 +174,16 @@ def _positive(value: str) -> bool:
         return False
 
 
+def honoured() -> list[str]:
+    """Every option ``-o`` takes (BatchMode aside), as docs/cli.md lists them."""
+    from .._ssh.config import option_names
+
+    usable = (v for k, v in option_names().items() if k not in _STRUCTURE | _OURS.keys())
+    return sorted(usable, key=str.lower)
+
+
 def _unknown(key: str, names: dict[str, str]) -> str:
-    usable = sorted(v for k, v in names.items() if k not in _STRUCTURE | _OURS.keys())
+    usable = honoured()
     close = difflib.get_close_matches(key.lower(), [n.lower() for n in usable], n=1)
     hint = f"did you mean {names[close[0]]}? " if close else ""
     common = ", ".join(n for n in _COMMON if n.lower() in names)
