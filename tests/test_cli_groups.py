@@ -407,3 +407,32 @@ def test_docs_list_exactly_the_options_o_takes() -> None:
     text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
     section = text.split("`-o` takes: ", 1)[1].split("; and", 1)[0]
     assert [name.strip(" `\n") for name in section.split(",")] == honoured()
+
+
+# -- help with an example for every command (issue 14 item 10) -----------------------------
+
+
+def command_paths() -> list[list[str]]:
+    import click
+
+    from asyncjobs._cli._app import cli
+
+    paths: list[list[str]] = [[]]
+    for name, command in sorted(cli.commands.items()):
+        paths.append([name])
+        if isinstance(command, click.Group):
+            paths.extend([name, sub] for sub in sorted(command.commands))
+    return paths
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "asyncjobs")
+def test_every_command_s_help_shows_an_example_of_itself(path: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "asyncjobs", *path, "--help"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    examples = [
+        line.split() for line in proc.stdout.splitlines() if line.startswith("    asyncjobs ")
+    ]
+    assert any(words[1 : 1 + len(path)] == path for words in examples), proc.stdout

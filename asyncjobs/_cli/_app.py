@@ -14,6 +14,7 @@ from ._boundary import describe, fail, run, run_on, say
 from ._hosts import HostSyntaxError
 from ._options import (
     COMMAND,
+    HOSTS_HELP,
     STATES,
     check_local,
     common,
@@ -34,7 +35,14 @@ from ._options import (
 @common
 def cli() -> None:
     """PowerShell's job commands for the shell: start jobs, list them, receive their output,
-    and run commands on many hosts over SSH."""
+    and run commands on many hosts over SSH.
+
+    \b
+      asyncjobs start --name build -- make -j8
+      asyncjobs get
+      asyncjobs receive 1 --wait
+      asyncjobs invoke -H web[01-12] -- uptime
+    """
 
 
 @cli.command(context_settings=COMMAND)
@@ -44,7 +52,7 @@ def cli() -> None:
     "--hosts",
     multiple=True,
     metavar="HOSTS",
-    help="Hosts: web1,web2, web[01-12], user@db[1-3]:2222, '-' for stdin (repeatable).",
+    help=HOSTS_HELP,
 )
 @click.option(
     "--hostfile", multiple=True, metavar="FILE", help="Hosts, one per line, # comments; '-': stdin."
@@ -86,6 +94,7 @@ def invoke(
     \b
       asyncjobs invoke -H web[01-04],db1 -- uptime
       asyncjobs invoke --hostfile hosts.txt --fold -- cat /etc/debian_version
+      asyncjobs invoke -H @web -x web03 -o User=deploy -- systemctl is-active nginx
     """
     from ._invoke import read_stdin
 
@@ -179,7 +188,13 @@ def start(
 @ssh_options
 @common
 def get(name: str | None, state: str | None, host: str | None, **ssh: Any) -> None:
-    """List the jobs of the job host (Get-Job)."""
+    """List the jobs of the job host (Get-Job).
+
+    \b
+      asyncjobs get
+      asyncjobs get --state failed --name 'build-*'
+      asyncjobs get -H @build --json
+    """
     from ._jobs import get as body
 
     run_on("get", body, host, ssh, name=name, state=state)
@@ -198,6 +213,11 @@ def receive(job_id: int, keep: bool, wait: bool, host: str | None, **ssh: Any) -
     """Print the output of job ID not yet received (Receive-Job).
 
     Output goes to stdout, errors and other streams to stderr.
+
+    \b
+      asyncjobs receive 3
+      asyncjobs receive 3 --wait          # follow it to the end; exit with its status
+      asyncjobs receive 3 --keep -H build1
     """
     from ._jobs import receive as body
 
@@ -219,7 +239,12 @@ def receive(job_id: int, keep: bool, wait: bool, host: str | None, **ssh: Any) -
 def wait(
     job_ids: tuple[int, ...], any_: bool, timeout: float | None, host: str | None, **ssh: Any
 ) -> None:
-    """Wait until jobs are finished (Wait-Job); prints the finished ones."""
+    """Wait until jobs are finished (Wait-Job); prints the finished ones.
+
+    \b
+      asyncjobs wait 3 4 5
+      asyncjobs wait 3 4 --any --timeout 60   # exit status 124 if none finishes in time
+    """
     from ._jobs import wait as body
 
     run_on("wait", body, host, ssh, job_ids, any=any_, timeout=timeout)
@@ -231,7 +256,12 @@ def wait(
 @common
 @click.argument("job_ids", metavar="ID...", type=int, nargs=-1, required=True)
 def stop(job_ids: tuple[int, ...], host: str | None, **ssh: Any) -> None:
-    """Stop the jobs (Stop-Job); prints them once they are stopped."""
+    """Stop the jobs (Stop-Job); prints them once they are stopped.
+
+    \b
+      asyncjobs stop 3
+      asyncjobs stop 3 4 -H build1
+    """
     from ._jobs import stop as body
 
     run_on("stop", body, host, ssh, job_ids)
@@ -244,7 +274,12 @@ def stop(job_ids: tuple[int, ...], host: str | None, **ssh: Any) -> None:
 @common
 @click.argument("job_ids", metavar="ID...", type=int, nargs=-1, required=True)
 def remove(job_ids: tuple[int, ...], force: bool, host: str | None, **ssh: Any) -> None:
-    """Delete jobs and their output (Remove-Job); a running job needs --force."""
+    """Delete jobs and their output (Remove-Job); a running job needs --force.
+
+    \b
+      asyncjobs remove 3 4
+      asyncjobs remove 5 --force          # stop it first
+    """
     from ._jobs import remove as body
 
     run_on("remove", body, host, ssh, job_ids, force=force)
@@ -257,7 +292,11 @@ def remove(job_ids: tuple[int, ...], force: bool, host: str | None, **ssh: Any) 
 def enter(host: str, **ssh: Any) -> None:
     """An interactive shell on HOST (Enter-PSSession); 'exit' returns.
 
-    HOST is [user@]host[:port]; the exit status is the shell's.
+    HOST is [user@]host[:port] or a group of one host; the exit status is the shell's.
+
+    \b
+      asyncjobs enter web01
+      asyncjobs enter ops@db1:2222 -o StrictHostKeyChecking=accept-new
     """
     from ._enter import enter as body
     from ._groups import LazyGroups
@@ -286,7 +325,12 @@ def enter(host: str, **ssh: Any) -> None:
 
 @cli.group()
 def session() -> None:
-    """Sessions of a job host: list, connect, disconnect (*-PSSession)."""
+    """Sessions of a job host: list, connect, disconnect (*-PSSession).
+
+    \b
+      asyncjobs session list
+      asyncjobs session connect nightly -H build1
+    """
 
 
 @session.command("list")
@@ -294,7 +338,12 @@ def session() -> None:
 @ssh_options
 @common
 def session_list(host: str | None, **ssh: Any) -> None:
-    """List the sessions of the job host."""
+    """List the sessions of the job host (Get-PSSession).
+
+    \b
+      asyncjobs session list
+      asyncjobs session list -H build1 --json
+    """
     from ._jobs import session_list as body
 
     run_on("session list", body, host, ssh)
@@ -306,7 +355,12 @@ def session_list(host: str | None, **ssh: Any) -> None:
 @common
 @click.argument("name", metavar="NAME")
 def session_connect(name: str, host: str | None, **ssh: Any) -> None:
-    """Attach to session NAME and show it with its jobs (it stays on the host)."""
+    """Attach to session NAME and show it with its jobs (it stays on the host).
+
+    \b
+      asyncjobs session connect cli
+      asyncjobs session connect nightly -H build1
+    """
     from ._jobs import session_connect as body
 
     run_on("session connect", body, host, ssh, name)
@@ -318,7 +372,12 @@ def session_connect(name: str, host: str | None, **ssh: Any) -> None:
 @common
 @click.argument("name", metavar="NAME")
 def session_disconnect(name: str, host: str | None, **ssh: Any) -> None:
-    """Leave session NAME disconnected, its jobs running."""
+    """Leave session NAME disconnected, its jobs running.
+
+    \b
+      asyncjobs session disconnect nightly
+      asyncjobs session disconnect nightly -H build1
+    """
     from ._jobs import session_disconnect as body
 
     run_on("session disconnect", body, host, ssh, name)

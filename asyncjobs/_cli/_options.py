@@ -127,6 +127,25 @@ def ssh_options(f: F) -> F:
     return exclude_option(connection_options(f))
 
 
+#: ``-H``'s help where it takes many hosts.
+HOSTS_HELP: Final = (
+    "Hosts: web1,web2, web[01-12], user@db[1-3]:2222, @group, '-' for stdin (repeatable)."
+)
+
+
+def hosts_options(f: F) -> F:
+    """``-H``/``-w HOSTS`` (repeatable) and ``--hostfile`` for a command that runs on many
+    hosts (``copy``, ``gather``); with ``ssh_options`` and ``targets_of`` it takes ranges,
+    groups, ``-x`` and ``-o`` as ``invoke`` does."""
+    f = click.option(
+        "--hostfile",
+        multiple=True,
+        metavar="FILE",
+        help="Hosts, one per line, # comments; '-': stdin.",
+    )(f)
+    return click.option("-H", "-w", "--hosts", multiple=True, metavar="HOSTS", help=HOSTS_HELP)(f)
+
+
 def host_option(f: F) -> F:
     """``-H`` for commands that talk to one job host."""
     return click.option(
