@@ -436,3 +436,28 @@ def test_every_command_s_help_shows_an_example_of_itself(path: list[str]) -> Non
         line.split() for line in proc.stdout.splitlines() if line.startswith("    asyncjobs ")
     ]
     assert any(words[1 : 1 + len(path)] == path for words in examples), proc.stdout
+
+
+def test_o_connect_timeout_bounds_the_connect_and_the_flag_wins(
+    home: Home, listener: socket.socket
+) -> None:
+    """A port that accepts and never speaks SSH: ConnectTimeout=1 gives up after 1 s, not 30;
+    --connect-timeout wins over it."""
+    silent = f"127.0.0.1:{listener.getsockname()[1]}"
+    started = time.monotonic()
+    quick = run(home, "invoke", "-H", silent, "-o", "ConnectTimeout=1", "--", "true")
+    assert quick.rc != 0 and "timed out after 1 s" in quick.err, quick
+    assert time.monotonic() - started < 15
+    flag = run(
+        home,
+        "invoke",
+        "-H",
+        silent,
+        "--connect-timeout",
+        "2",
+        "-o",
+        "ConnectTimeout=1",
+        "--",
+        "true",
+    )
+    assert flag.rc != 0 and "timed out after 2 s" in flag.err, flag
