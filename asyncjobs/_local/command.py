@@ -252,21 +252,21 @@ async def _pump(stream: ByteReceiveStream, log: RecordLog, name: StreamName, lin
     """Append every line (or, with ``lines=False``, every chunk) of ``stream`` to ``log``, in
     order, until EOF.
 
-    The hot loop: ``append_nowait`` costs no coroutine per line. When a ``block`` buffer is full it
-    raises ``WouldBlock`` and the awaited ``append`` waits for room; meanwhile nothing is read.
+    The hot loop: what one read brings is one ``append_lines_nowait`` (one batch in the log,
+    no object per line). When a ``block`` buffer is full it takes only what fits and the
+    awaited ``append_lines`` waits for room for the rest; meanwhile nothing is read.
     """
     split = splitter(lines)
-    append_nowait = log.append_nowait
+    append_lines_nowait = log.append_lines_nowait
     while True:
         try:
             chunk = await stream.receive(CHUNK)
         except anyio.EndOfStream:
             break
-        for line in split.feed(chunk):
-            try:
-                append_nowait(name, line)
-            except anyio.WouldBlock:
-                await log.append(name, line)
+        got = split.feed(chunk)
+        taken = append_lines_nowait(name, got)
+        if taken < len(got):
+            await log.append_lines(name, got[taken:])
     tail = split.flush()
     if tail is not None:
         await log.append(name, tail)
