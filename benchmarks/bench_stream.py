@@ -167,9 +167,9 @@ async def main_async(
             note = ""
             for who, r in (("asyncjobs", a), ("raw pipe", b)):
                 if not r.complete:
-                    incomplete += 1
+                    incomplete += not r.dropped
                     read = r.bytes / 1e6
-                    if r.dropped:
+                    if r.dropped:  # a drop buffer that nobody read while it ran
                         note += f"  [{who}: {r.dropped:,} lines dropped]"
                     else:
                         note += (
