@@ -4,6 +4,9 @@ The producer is one Python process writing ``--size`` MB (default 1000 MB = 1 GB
 lines (99 bytes + newline) to ``sys.stdout.buffer``, a precomputed ~1 MiB block at a time.
 asyncjobs: ``start_command(producer_argv(nbytes))`` (``_common.LINE_PRODUCER``) and
 ``async for line in job.stream()`` (default ``spill`` buffer), counting lines and bytes.
+``--reader records`` reads ``job.stream_records()`` instead; ``--reader receive`` waits for the
+job and takes its lines in bulk with ``receive()``, ``--reader keep`` with ``receive(keep=True)``
+(the bulk readers need a ``spill`` or ``drop`` buffer: ``block`` would hold the job forever).
 Yardstick (asyncio): the same producer via ``asyncio.create_subprocess_exec(..., stdout=PIPE)`` and
 ``await proc.stdout.readline()`` until EOF. On trio: ``anyio.open_process`` and
 ``BufferedByteReceiveStream.receive_until(b"\\n")`` until EOF.
@@ -11,7 +14,7 @@ Both report MB/s (10^6 bytes, newlines counted); the ratio is yardstick MB/s / a
 No goal.
 
     .venv/bin/python benchmarks/bench_stream.py [--quick] [--repeats 5] [--size MB] [--backend trio]
-        [--buffer block] [--timeout 1200]
+        [--buffer spill|block|drop] [--reader stream|records|receive|keep] [--timeout 1200]
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ import asyncjobs
 
 LINE = PRODUCER_LINE
 
+READERS = {
+    "stream": "async for line in job.stream()",
+    "records": "async for record in job.stream_records()",
+    "receive": "await job.wait(); await job.receive()",
+    "keep": "await job.wait(); await job.receive(keep=True)",
+}
+
 
 class Round:
     """One streaming run: bytes and lines read, seconds taken, whether it read everything."""
@@ -36,6 +46,7 @@ class Round:
         self.lines = 0
         self.bytes = 0
         self.seconds = 0.0
+        self.dropped = 0
         self.t0 = time.perf_counter()
 
     def done(self) -> Round:
@@ -51,15 +62,28 @@ class Round:
         return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
 
-async def asyncjobs_round(jobs: asyncjobs.JobManager, nbytes: int, timeout: float) -> Round:
+async def asyncjobs_round(
+    jobs: asyncjobs.JobManager, nbytes: int, timeout: float, reader: str = "stream"
+) -> Round:
     r = Round(nbytes)
     job = await jobs.start_command(producer_argv(nbytes))
     with anyio.move_on_after(timeout):
-        async for line in job.stream():
-            r.lines += 1
-            r.bytes += len(line) + 1
+        if reader == "stream":
+            async for line in job.stream():
+                r.lines += 1
+                r.bytes += len(line) + 1
+        elif reader == "records":
+            async for record in job.stream_records():
+                r.lines += 1
+                r.bytes += len(record.value) + 1
+        else:
+            await job.wait()
+            lines = await job.receive(keep=reader == "keep")
+            r.lines = len(lines)
+            r.bytes = sum(map(len, lines)) + len(lines)
         await job.wait()
     r.done()
+    r.dropped = job.dropped
     if r.complete:
         assert job.state is asyncjobs.JobState.COMPLETED, (job.state, job.reason)
     await jobs.remove(job, force=True)  # stops the producer if the round timed out
@@ -111,13 +135,16 @@ async def anyio_round(nbytes: int, timeout: float) -> Round:
 
 
 def manager(mode: str) -> asyncjobs.JobManager:
-    """The job table, with the default buffer (``spill``) or a ``block`` one (``--buffer``)."""
-    if mode == "block":
-        return asyncjobs.JobManager(buffer=asyncjobs.Buffer(mode="block"))
+    """The job table, with the default buffer (``spill``) or a ``block`` or ``drop`` one of the
+    default bounds (``--buffer``)."""
+    if mode != "spill":
+        return asyncjobs.JobManager(buffer=asyncjobs.Buffer(mode=mode))  # type: ignore[arg-type]
     return asyncjobs.JobManager()
 
 
-async def main_async(nbytes: int, repeats: int, backend: str, timeout: float, mode: str) -> None:
+async def main_async(
+    nbytes: int, repeats: int, backend: str, timeout: float, mode: str, reader: str
+) -> None:
     yardstick = asyncio_round if backend == "asyncio" else anyio_round
     what = (
         "asyncio.create_subprocess_exec(stdout=PIPE) + await proc.stdout.readline() loop"
@@ -127,22 +154,27 @@ async def main_async(nbytes: int, repeats: int, backend: str, timeout: float, mo
     mb = nbytes / 1e6
     async with manager(mode) as jobs:
         warm = min(nbytes, 10 * 1_000_000)  # 10 MB warm-up on each side
-        await asyncjobs_round(jobs, warm, timeout)
+        await asyncjobs_round(jobs, warm, timeout, reader)
         await yardstick(warm, timeout)
         ours: list[float] = []
         theirs: list[float] = []
         incomplete = 0
         for i in range(repeats):
-            a = await asyncjobs_round(jobs, nbytes, timeout)
+            a = await asyncjobs_round(jobs, nbytes, timeout, reader)
             b = await yardstick(nbytes, timeout)
             ours.append(a.mb_per_s)
             theirs.append(b.mb_per_s)
             note = ""
             for who, r in (("asyncjobs", a), ("raw pipe", b)):
                 if not r.complete:
-                    incomplete += 1
+                    incomplete += not r.dropped
                     read = r.bytes / 1e6
-                    note += f"  [{who} stopped at the {timeout:g} s timeout after {read:,.0f} MB]"
+                    if r.dropped:  # a drop buffer that nobody read while it ran
+                        note += f"  [{who}: {r.dropped:,} lines dropped]"
+                    else:
+                        note += (
+                            f"  [{who} stopped at the {timeout:g} s timeout after {read:,.0f} MB]"
+                        )
             print(
                 f"  repeat {i + 1}/{repeats}: asyncjobs {ours[-1]:8.1f} MB/s   "
                 f"raw pipe {theirs[-1]:8.1f} MB/s   ratio {theirs[-1] / ours[-1]:.2f}{note}",
@@ -150,7 +182,7 @@ async def main_async(nbytes: int, repeats: int, backend: str, timeout: float, mo
             )
     print(
         f"  {mb:,.0f} MB of {LINE}-byte lines ({nbytes // LINE:,} lines) from one command, "
-        f"{mode} buffer"
+        f"{mode} buffer, read by {READERS[reader]}"
     )
     report_pair(
         "throughput",
@@ -177,9 +209,16 @@ def main() -> None:
     p.add_argument("--size", type=int, default=None, help="MB to stream (default 1000 = 1 GB)")
     p.add_argument(
         "--buffer",
-        choices=("spill", "block"),
+        choices=("spill", "block", "drop"),
         default="spill",
         help="the job's buffer mode (default spill, the library's default)",
+    )
+    p.add_argument(
+        "--reader",
+        choices=tuple(READERS),
+        default="stream",
+        help="how asyncjobs reads: stream() (default), stream_records(), or receive() in bulk "
+        "after the job, without or with keep=True",
     )
     p.add_argument(
         "--timeout",
@@ -193,6 +232,8 @@ def main() -> None:
         help="then profile one asyncjobs round with cProfile and print the hot spots",
     )
     args = p.parse_args()
+    if args.buffer == "block" and args.reader in ("receive", "keep"):
+        p.error("--buffer block holds the job until someone receives: use a streaming --reader")
     size_mb = args.size or (20 if args.quick else 1000)
     nbytes = size_mb * 1_000_000 // LINE * LINE
     header(f"bench_stream: {size_mb} MB of lines through job.stream() vs a raw pipe", args.backend)
@@ -204,20 +245,21 @@ def main() -> None:
             args.backend,
             args.timeout,
             args.buffer,
+            args.reader,
             backend=args.backend,
         )
     if args.profile:
-        profile(nbytes, args.backend, args.timeout, args.buffer)
+        profile(nbytes, args.backend, args.timeout, args.buffer, args.reader)
 
 
-def profile(nbytes: int, backend: str, timeout: float, mode: str) -> None:
+def profile(nbytes: int, backend: str, timeout: float, mode: str, reader: str) -> None:
     import cProfile
     import pstats
 
     async def rounds() -> None:
         async with manager(mode) as jobs:
             with cProfile.Profile() as prof:
-                await asyncjobs_round(jobs, nbytes, timeout)
+                await asyncjobs_round(jobs, nbytes, timeout, reader)
         stats = pstats.Stats(prof)
         stats.sort_stats("tottime").print_stats(20)
         stats.sort_stats("cumulative").print_stats("asyncjobs", 30)

@@ -19,10 +19,13 @@ from . import checks
 from .errors import JobArgumentError, JobFailed, JobStateError, JobStopped
 from .log import RecordLog, stream_set
 from .models import JobStatistics, Record, StateChange, StreamName, sum_buffers
+from .reader import EMPTY, LogReader
 from .state import Event, JobState, next_state, parent_state
 from .util import NoPublicConstructor
 
 JobKind = Literal["ThreadJob", "BackgroundJob", "RemoteJob"]
+
+_OUTPUT: frozenset[StreamName] = frozenset({"output"})
 
 
 @final
@@ -141,7 +144,13 @@ class Job(metaclass=NoPublicConstructor):
     async def receive(self, *, keep: bool = False) -> list[Any]:
         """The output items produced so far (Receive-Job); ``keep=True`` leaves them to receive
         again. For a parent: its children's items, in child order."""
-        return [r.value for r in await self.receive_records(keep=keep, streams=("output",))]
+        out: list[Any] = []
+        for leaf in self._leaves():
+            log = leaf._log
+            if log is not None:  # values only: a batch of lines goes over in one slice
+                out.extend(log.peek_values(_OUTPUT) if keep else log.take_values(_OUTPUT))
+        await anyio.lowlevel.checkpoint()
+        return out
 
     async def receive_records(
         self, *, keep: bool = False, streams: Iterable[StreamName] | None = None
@@ -241,7 +250,7 @@ class Job(metaclass=NoPublicConstructor):
         out: list[Any] = []
         for leaf in self._leaves():
             if leaf._log is not None:
-                out.extend(r.value for r in leaf._log.take(("output",)))
+                out.extend(leaf._log.take_values(_OUTPUT))
         return out
 
     def statistics(self) -> JobStatistics:
@@ -358,35 +367,49 @@ class Job(metaclass=NoPublicConstructor):
 @final
 class RecordStream:
     """The iterator behind ``stream_records()``: a plain object, not an async generator, so that
-    breaking out of ``async for`` needs no ``aclosing`` on any backend."""
+    breaking out of ``async for`` needs no ``aclosing`` on any backend.
 
-    __slots__ = ("_batch", "_job", "_logs", "_streams")
+    One ``LogReader`` per leaf takes the records in batches (whole batches of lines, no object
+    per line) and acks each as it is handed over: no await lies between the ack and the
+    hand-over, so a consumer that breaks out or is cancelled loses nothing and repeats nothing.
+    """
+
+    __slots__ = ("_job", "_logs", "_readers", "_streams")
 
     def __init__(self, job: Job, streams: frozenset[StreamName]) -> None:
         self._job = job
         self._streams = streams
-        self._batch: list[tuple[RecordLog, Record]] = []
         self._logs = [(leaf, leaf._log) for leaf in job._leaves() if leaf._log is not None]
+        self._readers = [LogReader(log, streams) for _, log in self._logs]
 
     def __aiter__(self) -> RecordStream:
         return self
 
     async def __anext__(self) -> Record:
-        logs = self._logs
+        for reader in self._readers:
+            record = reader.next_record()
+            if record is not None:
+                return record
+        return await self._next(values=False)  # type: ignore[no-any-return]
+
+    async def _next(self, *, values: bool) -> Any:
+        """The next record (or value), once the readers' batches are used up: refill them,
+        else wait for the next record or the end."""
+        logs, readers = self._logs, self._readers
         while True:
-            while self._batch:
-                log, record = self._batch.pop()
-                if log.ack(record, release=False):  # another consumer may have taken it
-                    return record  # no await between ack and hand-over: nothing is lost
+            for reader in readers:
+                item = reader.next_value() if values else reader.next_record()
+                if item is not (EMPTY if values else None):
+                    return item
             await anyio.lowlevel.checkpoint()  # once per batch: let others run, honour cancels
             # A leaf's log wakes its readers (records, and end() when the job finishes); a
             # parent's readers wait on the parent, which every child's log wakes.
             changed = logs[0][1].changed() if not self._job._children else self._job._changed()
-            for _, log in logs:
+            filled = False
+            for (_, log), reader in zip(logs, readers, strict=True):
                 log.release_received()
-                self._batch.extend((log, r) for r in log.peek(self._streams, limit=1024))
-            if self._batch:
-                self._batch.reverse()
+                filled = reader.fill() or filled
+            if filled:
                 continue
             if all(leaf.state.is_finished and not log.pending(self._streams) for leaf, log in logs):
                 raise StopAsyncIteration
@@ -395,18 +418,24 @@ class RecordStream:
 
 @final
 class ItemStream:
-    """The iterator behind ``stream()``: record values only."""
+    """The iterator behind ``stream()``: record values only (a line costs no ``Record``)."""
 
-    __slots__ = ("_records",)
+    __slots__ = ("_reader", "_records")
 
     def __init__(self, records: RecordStream) -> None:
         self._records = records
+        self._reader = records._readers[0] if len(records._readers) == 1 else None
 
     def __aiter__(self) -> ItemStream:
         return self
 
     async def __anext__(self) -> Any:
-        return (await self._records.__anext__()).value
+        reader = self._reader
+        if reader is not None:
+            value = reader.next_value()
+            if value is not EMPTY:
+                return value
+        return await self._records._next(values=True)
 
 
 def ensure_job(value: object, what: str = "job") -> Job:

@@ -16,7 +16,7 @@ finished state: failure is a state, never a job left RUNNING because its runner 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, final
 
@@ -71,15 +71,14 @@ class Run:
         except anyio.WouldBlock:
             await self.log.append(stream, value)
 
-    async def extend(self, stream: StreamName, values: Iterable[Any]) -> None:
-        """``append`` each of ``values`` in order: the hot loop of a reader (a pipe's lines),
-        one coroutine per batch rather than per record."""
-        append_nowait = self.log.append_nowait
-        for value in values:
-            try:
-                append_nowait(stream, value)
-            except anyio.WouldBlock:
-                await self.log.append(stream, value)
+    async def extend(self, stream: StreamName, values: list[Any]) -> None:
+        """Append ``values`` in order as one batch (what one read of a pipe brought: one entry
+        in the log, consecutive seqs, no object per line). A full ``block`` buffer takes what
+        fits and the rest waits for room; one coroutine per batch, not per record."""
+        log = self.log
+        taken = log.append_lines_nowait(stream, values)
+        if taken < len(values):
+            await log.append_lines(stream, values[taken:])
 
     # -- events ------------------------------------------------------------------------------
 

@@ -239,8 +239,11 @@ async def _pump_then_set(
 
 async def _pump(stream: ByteReceiveStream, run: Run, name: StreamName, lines: bool) -> None:
     """Append every line (or, with ``lines=False``, every chunk) of ``stream`` to the job's log,
-    in order, until EOF. When a ``block`` buffer is full the append waits for room; meanwhile
-    nothing is read, the pipe fills and the kernel holds the program."""
+    in order, until EOF.
+
+    The hot loop: what one read brings is one ``Run.extend``, one batch in the log (no object
+    per line). When a ``block`` buffer is full it takes what fits and waits for room for the
+    rest; meanwhile nothing is read, the pipe fills and the kernel holds the program."""
     split = splitter(lines)
     extend = run.extend
     while True:
