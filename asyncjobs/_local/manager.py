@@ -271,6 +271,8 @@ class JobManager:
         max_channels: int = DEFAULT_MAX_CHANNELS,
         lines: bool = True,
         input: str | bytes | None = None,
+        max_startups: int | None = None,
+        idle_timeout: float | None = None,
         **ssh_options: Any,
     ) -> Job:
         """Run ``command`` on every target (Invoke-Command -AsJob): a parent ``RemoteJob`` with
@@ -284,8 +286,12 @@ class JobManager:
         with backoff; ``timeout`` bounds the command, ``connect_timeout=`` the connection.
         ``lines=False`` passes stdout and stderr through as ``bytes`` chunks (not on named
         sessions, whose job host keeps lines). ``input`` (``str`` or ``bytes``) goes to every
-        target's stdin, then EOF; without it stdin gets EOF at once. Every other keyword is an
-        asyncssh client option for the temporary connections.
+        target's stdin, then EOF; without it stdin gets EOF at once. ``idle_timeout`` fails a
+        host whose command sent nothing (stdout nor stderr) for that many seconds ("no output
+        for S s"), its process group killed. SSH handshakes are limited to 8 in flight per
+        destination (address and port: sshd's ``MaxStartups`` drops more); ``max_startups``
+        caps them over all targets too. Every other keyword is an asyncssh client option for
+        the temporary connections.
         Needs asyncio (asyncssh); returns at once with the children scheduled.
         """
         from .._remote.fanout import start_invoke  # asyncssh: only for programs that invoke
@@ -307,6 +313,8 @@ class JobManager:
             lines=lines,
             ssh_options=ssh_options,
             input=input,
+            max_startups=max_startups,
+            idle_timeout=idle_timeout,
         )
 
     def _new_job(

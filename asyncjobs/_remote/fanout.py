@@ -18,6 +18,7 @@ import anyio
 import asyncssh
 import attrs
 
+from .._core import checks
 from .._core.errors import ConnectionFailed, JobArgumentError, JobStopped
 from .._core.job import Job
 from .._core.lines import check_lines
@@ -94,8 +95,14 @@ async def start_invoke(
     lines: bool,
     ssh_options: dict[str, Any],
     input: object = None,
+    max_startups: int | None = None,
+    idle_timeout: float | None = None,
 ) -> Job:
-    """Make the parent and one child per target, and schedule every child under the throttle."""
+    """Make the parent and one child per target, and schedule every child under the throttle.
+
+    ``max_startups`` caps the handshakes in flight over all targets (beside the per-destination
+    limit of ``_ssh.handshakes``); ``idle_timeout`` fails a host whose command sent nothing for
+    that long (checked by ``checks.timeout``, as ``timeout`` is)."""
     require_asyncio("invoke")
     tg = table.task_group()
     parsed = _targets(targets)
@@ -108,6 +115,15 @@ async def start_invoke(
     if not isinstance(retries, int) or retries < 0:
         raise JobArgumentError(f"retries must be an int >= 0, got {retries!r}")
     policy = _policy(on_failure)
+    startups = _startups(max_startups)
+    idle_timeout = checks.timeout(idle_timeout, "idle_timeout")
+    if idle_timeout == 0:
+        raise JobArgumentError("idle_timeout must be a number of seconds > 0 or None, got 0")
+    if idle_timeout is not None and any(isinstance(t, Session) and t.name for t in parsed):
+        raise JobArgumentError(
+            "idle_timeout= is not available on a named session (its job host runs the "
+            "command); use timeout=, or an unnamed session (connect(host)) or a host string"
+        )
     check_files(ssh_options)  # a missing key or known_hosts file: one error, nothing connects
     lines = check_lines(lines)
     if not lines and any(isinstance(t, Session) and t.name is not None for t in parsed):
@@ -121,11 +137,25 @@ async def start_invoke(
     parent = table.add_parent(name, "RemoteJob", text, children)
     throttle = anyio.CapacityLimiter(throttle_limit)
     watch = _PolicyWatch(parent, policy, tg.start_soon)
-    child = _Child(text, timeout, stop_grace, retries, max_channels, lines, ssh_options, data)
+    child = _Child(
+        text, timeout, stop_grace, retries, max_channels, lines, ssh_options, data,
+        startups, idle_timeout,
+    )  # fmt: skip
     for job, target in zip(children, parsed, strict=True):
         watch_first(job, watch.child_changed)  # a stopped child's reason, before it is seen
         tg.start_soon(run_in_slot, job, throttle, child.body(target))
     return parent
+
+
+def _startups(value: object) -> anyio.CapacityLimiter | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise JobArgumentError(
+            f"max_startups must be an int >= 1 (handshakes in flight over all hosts) or None, "
+            f"got {value!r}"
+        )
+    return anyio.CapacityLimiter(value)
 
 
 @attrs.define
@@ -185,6 +215,8 @@ class _Child:
     lines: bool
     options: dict[str, Any]
     input: bytes | None
+    startups: anyio.CapacityLimiter | None = None
+    idle_timeout: float | None = None
 
     def body(self, target: Target | Session) -> Body:
         async def body(run: Run) -> None:
@@ -209,13 +241,16 @@ class _Child:
         await run_remote(
             run, session, self.command, timeout=self.timeout, stop_grace=self.stop_grace,
             connect=timings, attempts=attempts, lines=self.lines, input=self.input,
+            idle_timeout=self.idle_timeout,
         )  # fmt: skip
 
     async def _connect_and_run(self, run: Run, target: Target) -> None:
         """A host string: a temporary connection, closed when the child is finished."""
         attempts = [0]
         try:
-            conn, timings = await _connect(target, self.options, self.retries, run, attempts)
+            conn, timings = await _connect(
+                target, self.options, self.retries, run, attempts, self.startups
+            )
         except ConnectionFailed as exc:
             run.job.timings = RemoteTimings(
                 run.job.location, None, None, None, None, None, 0, 0, attempts[0]
@@ -233,14 +268,19 @@ class _Child:
 
 
 async def _connect(
-    target: Target, options: dict[str, Any], retries: int, run: Run, attempts: list[int]
+    target: Target,
+    options: dict[str, Any],
+    retries: int,
+    run: Run,
+    attempts: list[int],
+    startups: anyio.CapacityLimiter | None,
 ) -> tuple[asyncssh.SSHClientConnection, ConnectTimings]:
     """Connect, retrying connection-level failures (never auth or host key) with backoff."""
     delay = 0.2
     while True:
         attempts[0] += 1
         try:
-            return await open_connection(target, options)
+            return await open_connection(target, options, startups=startups)
         except ConnectionFailed as exc:
             if not exc.retryable or attempts[0] > retries or run.stop_requested:
                 raise

@@ -63,6 +63,7 @@ class CommandProgress:
     group_gone: bool | None = None  # after a kill: did the remote group really end?
     killing: bool = False  # a stop's kill has been started
     ended_first: bool = False  # the command had ended on its own before the kill reached it
+    went_idle: bool = False  # drain(idle=) gave up: the command sent nothing for that long
 
 
 @final
@@ -101,6 +102,9 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
         self._wake = anyio.Event()
         self._loop = asyncio.get_running_loop()  # remote jobs run on asyncio (asyncssh)
         self.t_open = time.perf_counter()
+        #: When the command last sent something, or we last let it (resumed reading): the
+        #: loop's clock, which anyio's deadlines use.
+        self._last_data = self._loop.time()
 
     # -- asyncssh's callbacks (in its protocol, not in a task) -----------------------------------
 
@@ -144,6 +148,7 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
         if self._discard:
             return
         progress = self._progress
+        self._last_data = self._loop.time()
         progress.bytes_in += len(data)
         if progress.first_byte is None:
             progress.first_byte = time.perf_counter() - self.t_open
@@ -255,12 +260,20 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
 
     # -- the job's task -----------------------------------------------------------------------
 
-    async def drain(self) -> None:
+    async def drain(self, idle: float | None = None) -> None:
         """Until the channel is closed: append what did not fit, then read on. Returns with
         every byte that arrived in the log (unless ``close()`` discarded the rest), or early
-        after ``interrupt()``, with reading resumed: what arrives later is still appended."""
+        after ``interrupt()``, with reading resumed: what arrives later is still appended.
+
+        ``idle``: return early too, with ``went_idle`` set in the progress, once the command
+        has sent nothing (stdout nor stderr) for that many seconds. Time the channel spends
+        paused because the job's buffer is full is ours, not the command's: it never counts."""
         while True:
-            await self._wake.wait()
+            if idle is None:
+                await self._wake.wait()
+            elif not await self._wait_or_idle(idle):
+                self._progress.went_idle = True
+                return
             self._wake = anyio.Event()
             while self._backlog and not self._discard:
                 stream, item = self._backlog[0]  # popped once appended: later items queue behind
@@ -269,11 +282,23 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
                     self._backlog.popleft()
             if self._paused and self._chan is not None:
                 self._paused = False
+                self._last_data = self._loop.time()  # the pause was ours
                 self._chan.resume_reading()  # delivers what asyncssh held, maybe pausing again
             if self._error is not None:
                 raise self._error
             if (self._closed or self._interrupted) and not self._backlog:
                 return
+
+    async def _wait_or_idle(self, idle: float) -> bool:
+        """Wait for a wake-up: True when one came, False once nothing has arrived for
+        ``idle`` seconds (one timer per wait, not per packet: data just moves the mark)."""
+        while True:
+            left = self._last_data + idle - self._loop.time()
+            if left <= 0 and not self._paused:
+                return False
+            with anyio.move_on_after(max(left, idle) if self._paused else left):
+                await self._wake.wait()
+                return True
 
     def interrupt(self) -> None:
         """Make ``drain()`` return once its backlog is in the log (the job is being stopped,

@@ -172,14 +172,18 @@ async def run_remote(
     attempts: int = 1,
     lines: bool = True,
     input: bytes | None = None,
+    idle_timeout: float | None = None,
 ) -> None:
     """The body of a remote command job on an open session (see ``run_in_slot``): ``input``
-    (checked by ``remote_input``) goes to its stdin, then EOF. The job's ``timings`` are a
+    (checked by ``remote_input``) goes to its stdin, then EOF. ``timeout`` bounds the whole
+    command, ``idle_timeout`` the silence: a command that sent nothing for that long fails
+    ("no output for S s"), its process group killed. The job's ``timings`` are a
     ``RemoteTimings`` afterwards, however it ended."""
     progress = CommandProgress()
     job = run.job
+    limits = _Limits(timeout, idle_timeout)
     try:
-        await _run(run, session, command, progress, timeout, stop_grace, lines, input)
+        await _run(run, session, command, progress, limits, stop_grace, lines, input)
     finally:
         job.timings = RemoteTimings(
             location=job.location,
@@ -194,12 +198,20 @@ async def run_remote(
         )
 
 
+@attrs.frozen
+class _Limits:
+    """A command's time limits: in all (``timeout``), and of its silence (``idle``)."""
+
+    timeout: float | None
+    idle: float | None
+
+
 async def _run(
     run: Run,
     session: SSHSession,
     command: str,
     progress: CommandProgress,
-    timeout: float | None,
+    limits: _Limits,
     stop_grace: float,
     lines: bool,
     input: bytes | None,
@@ -221,10 +233,10 @@ async def _run(
             # stop() interrupts the drain (on entry too, for a stop that came while the channel
             # opened); the kill then runs in this task, while asyncssh's callbacks go on
             # appending: no task or task group per command.
-            with run.on_stop(on_stop), anyio.move_on_after(timeout) as scope:
-                await channel.drain()
+            with run.on_stop(on_stop), anyio.move_on_after(limits.timeout) as scope:
+                await channel.drain(limits.idle)
             timed_out = scope.cancelled_caught
-            if progress.killing or timed_out:
+            if progress.killing or timed_out or progress.went_idle:
                 with anyio.CancelScope(shield=True):
                     await _kill(session, progress, channel, stop_grace)
         except BaseException:
@@ -232,7 +244,7 @@ async def _run(
                 await _kill(session, progress, channel, stop_grace)
             raise
         progress.exit = time.perf_counter() - channel.t_open
-    _finish(run, where, channel, progress, timed_out, timeout)
+    _finish(run, where, channel, progress, timed_out, limits)
 
 
 def _finish(
@@ -241,7 +253,7 @@ def _finish(
     channel: CommandChannel,
     progress: CommandProgress,
     timed_out: bool,
-    timeout: float | None,
+    limits: _Limits,
 ) -> None:
     job = run.job
     status, sig = channel.exit_status, channel.exit_signal
@@ -260,7 +272,14 @@ def _finish(
     elif stopped:
         run.stopped()
     elif timed_out and not progress.ended_first:
-        run.failed(CommandFailed(f"{what} timed out after {timeout:g} s; it was killed"))
+        run.failed(CommandFailed(f"{what} timed out after {limits.timeout:g} s; it was killed"))
+    elif progress.went_idle and not progress.ended_first:
+        run.failed(
+            CommandFailed(
+                f"{what}: no output for {limits.idle:g} s (idle timeout); its process group "
+                "was killed"
+            )
+        )
     elif sig is not None:
         run.failed(CommandFailed(f"{what} was killed by signal SIG{sig}"))
     elif status is None:

@@ -29,8 +29,9 @@ from .._core.errors import (
     HostKeyError,
     ProtocolError,
 )
-from .config import HostKeys, check_files, resolve, usable_identities
+from .config import HostConfig, HostKeys, check_files, resolve, usable_identities
 from .defaults import with_client_defaults
+from .handshakes import Destination, destination, handshake_limits, parse_hop
 from .targets import Target
 
 #: sshd's default ``MaxSessions``: more channels than this on one connection are refused.
@@ -101,7 +102,10 @@ class ConnectTimings:
 
 
 async def open_connection(
-    target: Target, options: dict[str, Any]
+    target: Target,
+    options: dict[str, Any],
+    *,
+    startups: anyio.CapacityLimiter | None = None,
 ) -> tuple[asyncssh.SSHClientConnection, ConnectTimings]:
     """Connect and authenticate to ``target`` with asyncssh ``options`` passed through as given
     (``~/.ssh/config`` — Hostname, Port, User, ProxyJump, ... — applies as with ``ssh``).
@@ -113,6 +117,11 @@ async def open_connection(
     config's ``StrictHostKeyChecking`` decides about keys known_hosts does not list, and every
     error names the host, user and port actually used (see ``config``). A file the caller
     named that does not exist is a ``JobArgumentError`` before anything connects.
+
+    From the TCP connect until authentication is done the connection holds a handshake slot
+    of its destination (its resolved address and port, and every jump host's: see
+    ``handshakes``) and, if given, one of ``startups`` (``invoke(max_startups=)``); waiting
+    for them does not count towards ``connect_timeout``.
     """
     require_asyncio("connecting to a host")
     options = dict(with_client_defaults(options))  # AES-GCM first, keepalives
@@ -129,16 +138,52 @@ async def open_connection(
     made: list[float] = []
     if "client_factory" not in options:
         options["client_factory"] = functools.partial(_TimedClient, made, keys)
-    t0 = time.perf_counter()
-    with map_ssh_errors(where, timeout=timeout), anyio.fail_after(timeout):
-        try:
-            conn = await _connect_through_resets(where, target.host, port, options, made)
-        except asyncssh.HostKeyNotVerifiable as exc:
-            raise HostKeyError(keys.refusal(exc.reason), host=where) from exc
+    hops = await _destinations(config, options)
+    async with handshake_limits().slots(hops, startups):
+        t0 = time.perf_counter()
+        with map_ssh_errors(where, timeout=timeout), anyio.fail_after(timeout):
+            try:
+                conn = await _connect_through_resets(where, target.host, port, options, made)
+                await _logged_in(conn)
+            except asyncssh.HostKeyNotVerifiable as exc:
+                raise HostKeyError(keys.refusal(exc.reason), host=where) from exc
     conn.set_extra_info(asyncjobs_where=where)
     t2 = time.perf_counter()
     t1 = made[0] if made else t2
     return conn, ConnectTimings(connect=t1 - t0, auth=t2 - t1)
+
+
+async def _destinations(config: HostConfig, options: dict[str, Any]) -> list[Destination]:
+    """The destinations whose handshake slots a connection holds: the host's, and those of
+    the jump hosts of ``tunnel=`` or the config's ``ProxyJump``. A host behind a jump host is
+    named as written (the jump host resolves it), as are the hops after the first."""
+    tunnel = options.get("tunnel", ())
+    jump = tunnel if isinstance(tunnel, str) else config.proxy_jump if tunnel == () else None
+    through = jump is not None or tunnel not in ((), None)
+    found = [await destination(config.host, config.port, resolve=not through)]
+    for i, hop in enumerate((jump or "").split(",") if jump else ()):
+        host, port = parse_hop(hop)
+        if not host:
+            continue
+        files = {"config": options.get("config", ())}
+        hop_config = resolve(host, () if port is None else port, files)
+        found.append(await destination(hop_config.host, hop_config.port, resolve=i == 0))
+    return found
+
+
+async def _logged_in(conn: asyncssh.SSHClientConnection) -> None:
+    """Wait until the server has counted the login as done, so that the handshake slot is
+    given back only then.
+
+    OpenSSH's sshd authenticates in a child that sends the client its success *before* it
+    exits and the monitor tells the listener (which then stops counting the connection
+    against ``MaxStartups``): a client that starts its next handshake on the success alone
+    runs ahead of that count. A keepalive's reply comes from the process that serves the
+    logged-in connection, which the monitor forks after telling the listener. (asyncssh has
+    no public request with a reply; a build without this method just skips the wait.)"""
+    request = getattr(conn, "_make_global_request", None)
+    if request is not None:
+        await request(b"keepalive@openssh.com")
 
 
 def where_of(conn: asyncssh.SSHClientConnection, target: Target) -> str:
