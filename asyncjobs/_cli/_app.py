@@ -63,6 +63,32 @@ def cli() -> None:
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S s."
 )
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Fail a host whose command printed nothing for S s (and kill it).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Retry a host's connection N times (refused, reset, timed out; never auth).",
+)
+@click.option(
+    "--max-startups",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="SSH handshakes in flight at most, over all hosts (always <= 8 per address:port).",
+)
+@click.option("-N", "no_prefix", is_flag=True, help="Print lines without the host's tag.")
+@click.option(
+    "--outdir",
+    metavar="DIR",
+    help="Write each host's stdout and stderr to DIR/<host>.out and .err, not the screen.",
+)
 @click.option("--fail-fast", is_flag=True, help="Stop every host once one fails.")
 @click.option("--fold", is_flag=True, help="Print each distinct output once, with its hosts.")
 @click.option(
@@ -80,6 +106,11 @@ def invoke(
     hostfile: tuple[str, ...],
     throttle: int,
     timeout: float | None,
+    idle_timeout: float | None,
+    retries: int,
+    max_startups: int | None,
+    no_prefix: bool,
+    outdir: str | None,
     fail_fast: bool,
     fold: bool,
     send_stdin: bool,
@@ -94,9 +125,11 @@ def invoke(
     \b
       asyncjobs invoke -H web[01-04],db1 -- uptime
       asyncjobs invoke --hostfile hosts.txt --fold -- cat /etc/debian_version
+      asyncjobs invoke -H db[1-40] --idle-timeout 60 --retries 2 -- ./migrate
+      asyncjobs invoke -H web[01-12] --outdir logs -- journalctl -u nginx -n 100
       asyncjobs invoke -H @web -x web03 -o User=deploy -- systemctl is-active nginx
     """
-    from ._invoke import read_stdin
+    from ._invoke import out_dir, read_stdin, remote_only
 
     if send_stdin and "-" in {h.strip() for h in hosts} | set(hostfile):
         raise click.BadParameter(
@@ -111,8 +144,10 @@ def invoke(
         except HostSyntaxError as exc:
             fail("invoke", exc)
             return
+        remote_only(idle_timeout=idle_timeout, retries=retries, max_startups=max_startups)
         data = read_stdin() if send_stdin else None
-        run("invoke", invoke_local, command, timeout=timeout, folding=fold, input=data)
+        run("invoke", invoke_local, command, timeout=timeout, folding=fold, input=data,
+            prefix=not no_prefix, outdir=out_dir(outdir, fold, []))  # fmt: skip
         return
     try:
         chosen = targets_of(hosts, hostfile, ssh)
@@ -122,6 +157,7 @@ def invoke(
     from ._invoke import invoke_remote
 
     data = read_stdin() if send_stdin else None
+    files = out_dir(outdir, fold, [t.location for t in chosen])  # as the children name them
 
     run(
         "invoke",
@@ -130,6 +166,11 @@ def invoke(
         command,
         throttle=throttle,
         timeout=timeout,
+        idle_timeout=idle_timeout,
+        retries=retries,
+        max_startups=max_startups,
+        prefix=not no_prefix,
+        outdir=files,
         fail_fast=fail_fast,
         folding=fold,
         ssh_options=ssh_dict(ssh),

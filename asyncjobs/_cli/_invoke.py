@@ -12,6 +12,10 @@ at a time (``bytes.replace``, not a record per line) and written in blocks (``_o
 ``--json`` numbers the lines as ``lines=True`` would and streams them out. Ctrl-C stops every
 host, prints the summary of what finished, failed and was stopped, and exits 130.
 
+``-N`` prints the lines without the host's tag (pdsh -N). ``--outdir DIR`` writes each host's
+stdout and stderr to ``DIR/<host>.out`` and ``DIR/<host>.err`` instead, as they arrive (pssh -o;
+``OutDir``), and only the summary is printed.
+
 Without ``-H`` the command runs on this machine's job host.
 """
 
@@ -30,6 +34,7 @@ from .._core.state import JobState
 from ._access import CLI_SESSION, Link, Where
 from ._hosts import fold, target_text
 from ._jobs import command_arg
+from ._outdir import OutDir
 from ._output import (
     INTERRUPTED,
     RecordLines,
@@ -84,18 +89,59 @@ def read_stdin() -> bytes:
     return data
 
 
+def out_dir(directory: str | None, folding: bool, locations: Sequence[str]) -> OutDir | None:
+    """``--outdir DIR``, its files made for every host (a usage error, before anything
+    connects, if they can't be)."""
+    import click
+
+    if directory is None:
+        return None
+    if folding:
+        raise click.BadParameter(
+            "--fold gathers the output to print it and --outdir writes it to files: choose one",
+            param_hint="'--outdir'",
+        )
+    files = OutDir(directory)
+    try:
+        files.prepare(locations)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"{exc.filename or directory}: {exc.strerror or exc}; give a directory you can "
+            "write to (it is made if missing)",
+            param_hint="'--outdir'",
+        ) from None
+    return files
+
+
+def remote_only(**flags: object) -> None:
+    """The flags that need ``-H`` (they are about SSH connections and remote commands)."""
+    import click
+
+    for name, value in flags.items():
+        if value not in (None, 0):
+            flag = "--" + name.replace("_", "-")
+            raise click.BadParameter(
+                f"{flag} is for hosts reached over SSH: give them with -H (without -H the "
+                "command runs on this machine's job host)",
+                param_hint=f"'{flag}'",
+            )
+
+
 class _Host:
     """What is known of one host's output while it is followed: its tags, and for each stream
     the unfinished line (``LineSplitter``: the same rules as ``lines=True``)."""
 
-    __slots__ = ("folded", "json", "location", "split", "tags")
+    __slots__ = ("folded", "json", "location", "split", "stem", "tags")
 
-    def __init__(self, child: Job, *, colour: tuple[bool, bool], json: bool) -> None:
+    def __init__(
+        self, child: Job, *, colour: tuple[bool, bool], json: bool, prefix: bool = True
+    ) -> None:
         self.location = child.location
+        self.stem = ""
         self.split = {"output": LineSplitter(), "error": LineSplitter()}
         self.tags = {
-            "output": tag_bytes(child.location, colour=colour[0]),
-            "error": tag_bytes(child.location, colour=colour[1], error=True),
+            "output": tag_bytes(child.location, colour=colour[0]) if prefix else b"",
+            "error": tag_bytes(child.location, colour=colour[1], error=True) if prefix else b"",
         }
         self.json = RecordLines(child.id, child.location) if json else None
         self.folded = bytearray()
@@ -104,10 +150,20 @@ class _Host:
 class Output:
     """Where the records of an invoke go: the JSON document, the fold, or the screen."""
 
-    def __init__(self, screen: Screen, result: Result, *, fold: bool) -> None:
+    def __init__(
+        self,
+        screen: Screen,
+        result: Result,
+        *,
+        fold: bool,
+        prefix: bool = True,
+        outdir: OutDir | None = None,
+    ) -> None:
         self.screen = screen
         self.result = result
-        self.folding = fold and not screen.json
+        self.folding = fold and not screen.json and outdir is None
+        self.prefix = prefix  # -N: False
+        self.outdir = outdir
         self.colour = (screen.colour(), screen.colour(err=True))
         self.hosts: list[_Host] = []
         result.lines = screen.json_lines
@@ -115,22 +171,29 @@ class Output:
     async def follow(self, child: Job) -> None:
         """One host's records until it is finished and every record is read; then its last
         unfinished lines."""
-        host = _Host(child, colour=self.colour, json=self.screen.json)
+        host = _Host(child, colour=self.colour, json=self.screen.json, prefix=self.prefix)
+        if self.outdir is not None:
+            host.stem = self.outdir.stem(host.location)
         self.hosts.append(host)
         try:
             async for record in child.stream_records(streams=None):
                 self.take(host, record)
         finally:
+            if self.outdir is not None:
+                self.outdir.close(host.stem)
             self.end(host)
 
     def take(self, host: _Host, record: Record) -> None:
         value = record.value
         stream = record.stream
+        if self.outdir is not None:  # raw, as it came: no splitting, no tags
+            self.outdir.write(host.stem, stream, value)
+            return
         if not isinstance(value, bytes) or stream not in host.split:
             if host.json is not None:
                 self.result.add_records(host.json.encode(stream, [value], record.time))
             else:
-                self.screen.record(record, tag=host.location)
+                self.screen.record(record, tag=host.location if self.prefix else None)
             return
         split = host.split[stream]
         if host.json is not None:  # a slice at a time: a chunk may be 1 MiB of short lines
@@ -161,7 +224,12 @@ class Output:
 
     def local(self, record: Record) -> None:
         """A record of a job on the job host (a line already)."""
-        if self.screen.json:
+        if self.outdir is not None:
+            value = record.value
+            if record.stream in ("output", "error") and isinstance(value, str | bytes):
+                value = _encoded(value) + b"\n"  # a line already: its end again
+            self.outdir.write(self.outdir.stem(record.location), record.stream, value)
+        elif self.screen.json:
             self.result.add_record(record_json(record))
         elif self.folding and record.stream == "output":
             key = record.location
@@ -174,7 +242,12 @@ class Output:
                 self.hosts.append(host)
             host.folded += _encoded(record.value) + b"\n"
         else:
-            self.screen.record(record, tag=record.location)
+            self.screen.record(record, tag=record.location if self.prefix else None)
+
+    def close(self) -> None:
+        """Close the files of ``--outdir`` still open (the job host's own job)."""
+        if self.outdir is not None:
+            self.outdir.close_all()
 
     def _write(self, stream: str, data: bytes) -> None:
         BLOCKS.add(self.screen.out if stream == "output" else self.screen.err, data)
@@ -236,12 +309,17 @@ async def invoke_remote(
     folding: bool,
     ssh_options: dict[str, Any],
     input: bytes | None = None,
+    retries: int = 0,
+    idle_timeout: float | None = None,
+    max_startups: int | None = None,
+    prefix: bool = True,
+    outdir: OutDir | None = None,
 ) -> None:
     """A fan-out (``JobManager.invoke``): a parent job with one child per host."""
     from .._core.models import Buffer
     from .._local.manager import JobManager
 
-    output = Output(screen, result, fold=folding)
+    output = Output(screen, result, fold=folding, prefix=prefix, outdir=outdir)
     t0 = time.monotonic()
     async with JobManager() as jobs:
         parent = await jobs.invoke(
@@ -253,6 +331,9 @@ async def invoke_remote(
             buffer=Buffer(max_items=None, max_bytes=_host_buffer(len(targets)), mode="block"),
             lines=False,
             input=input,
+            retries=retries,
+            idle_timeout=idle_timeout,
+            max_startups=max_startups,
             **ssh_options,
         )
         children = parent.children
@@ -303,10 +384,12 @@ async def invoke_local(
     timeout: float | None,
     folding: bool,
     input: bytes | None = None,
+    prefix: bool = True,
+    outdir: OutDir | None = None,
 ) -> None:
     """Invoke-Command without a host: the command runs on this machine's job host, its
     output is followed, and the job is removed once it is received."""
-    output = Output(screen, result, fold=folding)
+    output = Output(screen, result, fold=folding, prefix=prefix, outdir=outdir)
     host = Link(Where())
     t0 = time.monotonic()
     import os
@@ -317,6 +400,8 @@ async def invoke_local(
             command_arg(argv), input=input, cwd=os.getcwd(), env=dict(os.environ)
         )
     location = info.location
+    if outdir is not None:
+        outdir.stem(location)  # its files, even if it prints nothing
     try:
         with _interrupts() as interrupt:
             try:
@@ -334,6 +419,7 @@ async def invoke_local(
                             output.local(record)
                     tg.cancel_scope.cancel()
             finally:
+                output.close()
                 BLOCKS.flush()
         # A fresh session: a read cut off by the timeout may have left that one mid-frame.
         async with host.session() as s:
