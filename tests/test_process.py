@@ -164,6 +164,22 @@ async def test_return_value_args_and_kwargs() -> None:
         assert await (await jobs.start_process(nothing)) == []  # None is no item
 
 
+async def test_jobs_one_after_another_run_on_the_warm_worker_as_they_return() -> None:
+    """Each job started once the one before has finished gets the free slot and the idle
+    worker at once (the slot queue hands it to its lingering driver): it returns running or
+    done, never queued, and one worker serves them all, in order."""
+    async with JobManager(process_limit=1) as jobs:
+        assert await (await jobs.start_process(add, 0)) == [0]  # the worker is warm now
+        results, states = [], set()
+        for i in range(1, 60):
+            job = await jobs.start_process(add, i, scale=2)
+            states.add(job.state)
+            results.extend(await job)
+        assert results == [2 * i for i in range(1, 60)]
+        assert JobState.NOT_STARTED not in states
+        assert jobs._workers is not None and jobs._workers.statistics().spawned == 1
+
+
 async def test_generator_items_stream_while_it_runs(tmp_path: Path) -> None:
     gate = tmp_path / "go"
     async with JobManager() as jobs:

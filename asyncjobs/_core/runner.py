@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, final
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from .job import Job, JobKind
@@ -176,9 +177,20 @@ async def run_in_slot(
     run = Run(job, on_started)
     try:
         if job.stop_requested:  # stopped in the instant between slot and start
+            limiter.release_on_behalf_of(job)
             run.stopped()
             return
         job._runner_active = True
+        await _body_in_slot(run, limiter, body)
+    finally:
+        if not signalled:  # start_* returns the job, finished as it is (e.g. FAILED at spawn)
+            task_status.started()
+
+
+async def _body_in_slot(run: Run, limiter: anyio.CapacityLimiter, body: Body) -> None:
+    """Run ``body`` for a job that holds its slot; whatever happens, the job ends finished and
+    the slot is free again."""
+    try:
         await body(run)
     except BaseException as exc:
         run.finish_after(exc)
@@ -186,11 +198,25 @@ async def run_in_slot(
             return  # recorded as the job's failure: it is the job's error, not the manager's
         raise
     finally:
-        limiter.release_on_behalf_of(job)
-        if not job.state.is_finished:  # a body that returned without reporting how it ended
+        limiter.release_on_behalf_of(run.job)
+        if not run.job.state.is_finished:  # a body that returned without reporting its end
             run.failed(RuntimeError(f"the runner of {run.label} ended without a result"))
-        if not signalled:  # start_* returns the job, finished as it is (e.g. FAILED at spawn)
-            task_status.started()
+
+
+#: A runner's start without an await, ``SlotQueue.start``'s fast path: given the ``Run`` of a
+#: job that holds its slot, start it now (e.g. on an idle worker process: ``run.started()``) and
+#: return how to undo that should the job never reach its body; None if it can't start so.
+Begin = Callable[[Run], "Callable[[], None] | None"]
+
+
+@final
+class _Parked:
+    """A driver lingering one scheduling round for a job that ``start`` may hand it."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        self.entry: tuple[Run, Body, Callable[[], None]] | None = None
 
 
 @final
@@ -206,22 +232,40 @@ class SlotQueue:
     scope and a limiter wait per queued job were most of a short job's cost.
     """
 
-    __slots__ = ("_drivers", "_queue", "limiter")
+    __slots__ = ("_drivers", "_parked", "_queue", "limiter")
 
     def __init__(self, limiter: anyio.CapacityLimiter) -> None:
         self.limiter = limiter
         self._queue: deque[tuple[Job, Body]] = deque()
         self._drivers = 0
+        self._parked: list[_Parked] = []
 
-    async def start(self, tg: TaskGroup, job: Job, body: Body) -> None:
+    async def start(self, tg: TaskGroup, job: Job, body: Body, begin: Begin | None = None) -> None:
+        """Start ``job`` (see the class docstring). With ``begin``, a job that gets a free slot
+        while a driver lingers starts in the caller, without an await, and the driver runs its
+        body: no task and no scheduling round per job when jobs come one after another."""
         if self._queue or self.limiter.available_tokens < 1:  # in line behind the others
             self._queue.append((job, body))
             if self._drivers < self.limiter.total_tokens:
                 self._drivers += 1
                 tg.start_soon(self._drive, None)
             return
+        if begin is not None and self._parked and self._hand_over(job, body, begin):
+            return
         self._drivers += 1
         await tg.start(self._drive, (job, body))
+
+    def _hand_over(self, job: Job, body: Body, begin: Begin) -> bool:
+        self.limiter.acquire_on_behalf_of_nowait(job)
+        run = Run(job)
+        job._runner_active = True
+        undo = begin(run)
+        if undo is None:
+            job._runner_active = False
+            self.limiter.release_on_behalf_of(job)
+            return False
+        self._parked.pop().entry = (run, body, undo)
+        return True
 
     async def _drive(
         self,
@@ -233,12 +277,39 @@ class SlotQueue:
             if first is not None:
                 await run_in_slot(first[0], self.limiter, first[1], task_status=task_status)
             queue = self._queue
-            while queue:
-                job, body = queue.popleft()
-                if not job.state.is_finished:  # else stopped while it waited
-                    await run_in_slot(job, self.limiter, body)
+            while True:
+                while queue:
+                    job, body = queue.popleft()
+                    if not job.state.is_finished:  # else stopped while it waited
+                        await run_in_slot(job, self.limiter, body)
+                entry = await self._linger()
+                if entry is not None:
+                    await _body_in_slot(entry[0], self.limiter, entry[1])
+                elif not queue:
+                    return
         finally:
             self._drivers -= 1
+
+    async def _linger(self) -> tuple[Run, Body, Callable[[], None]] | None:
+        """Stay one scheduling round in case a job comes right away (``start`` hands it over,
+        already running): cheaper than a new task for it."""
+        parked = _Parked()
+        self._parked.append(parked)
+        try:
+            await anyio.lowlevel.checkpoint()
+        except BaseException as exc:
+            if parked.entry is not None:  # handed a job as we were cancelled: it never ran
+                run, _, undo = parked.entry
+                try:
+                    undo()
+                    run.finish_after(exc)
+                finally:
+                    self.limiter.release_on_behalf_of(run.job)
+            raise
+        finally:
+            if parked in self._parked:
+                self._parked.remove(parked)
+        return parked.entry
 
 
 async def _wait_for_slot(job: Job, limiter: anyio.CapacityLimiter) -> bool:

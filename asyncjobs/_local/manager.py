@@ -207,12 +207,8 @@ class JobManager:
         tg = self._open_group()
         job = self._new_job(name, "BackgroundJob", _describe(fn), buffer)
         assert self._process_queue is not None and self._workers is not None
-        workers = self._workers
-
-        async def body(run: Run) -> None:
-            await _process.run_process(run, call, workers, isolated=isolated)
-
-        await self._process_queue.start(tg, job, body)
+        start = _process.ProcessStart(call, self._workers, isolated=isolated)
+        await self._process_queue.start(tg, job, start.run, start.begin)
         return job
 
     async def start_command(

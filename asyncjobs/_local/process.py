@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import signal
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, final
 
@@ -39,7 +40,7 @@ from .frames import (
 )
 from .worker import ERROR, ITEM, RESULT
 
-__all__ = ["ProcessCall", "WorkerPool", "prepare_call", "run_process"]
+__all__ = ["ProcessCall", "ProcessStart", "WorkerPool", "prepare_call", "run_process"]
 
 
 @attrs.frozen
@@ -105,13 +106,13 @@ class WorkerPool:
         """A worker for one job: the most recently idle one (no await: the common case), else
         a new one (``isolated``: always a new one, which exits after the job). A worker that
         cannot start raises, as ``map_os_errors`` translates it, naming ``label``'s job."""
-        worker = None if isolated else self._take_idle()
+        worker = None if isolated else self.take_idle()
         if worker is None:
             with map_os_errors(f"{label}: starting a worker process for {call.name}"):
                 worker = await self.acquire(isolated=isolated)
         return worker
 
-    def _take_idle(self) -> Worker | None:
+    def take_idle(self) -> Worker | None:
         """The most recently idle worker if it is alive (no await: the common case)."""
         idle = self._idle
         if idle and not self._closed and idle[-1].alive:
@@ -183,18 +184,59 @@ class WorkerPool:
 # -- one job ------------------------------------------------------------------------------------
 
 
-async def run_process(run: Run, call: ProcessCall, pool: WorkerPool, *, isolated: bool) -> None:
-    """The body of a process job (see ``run_in_slot``): lease a worker, run the call on it,
-    report how it ended. Whatever happens, the worker is back (idle, or reaped) before this
-    returns or raises; a worker that cannot start fails the job (``run_in_slot`` records it)."""
-    worker = await pool.lease(call, isolated=isolated, label=run.label)
+@final
+class ProcessStart:
+    """One process job's start: in its body (``run``), or before it without an await when an
+    idle worker is there (``begin``, the slot queue's fast path: no task, no scheduling round
+    per job when jobs come one after another)."""
+
+    __slots__ = ("call", "isolated", "pool", "worker")
+
+    def __init__(self, call: ProcessCall, pool: WorkerPool, *, isolated: bool) -> None:
+        self.call = call
+        self.pool = pool
+        self.isolated = isolated
+        self.worker: Worker | None = None  # leased by begin()
+
+    def begin(self, run: Run) -> Callable[[], None] | None:
+        if self.isolated:
+            return None
+        worker = self.pool.take_idle()
+        if worker is None:
+            return None
+        self.worker = worker
+        run.started()
+        return self._give_back
+
+    def _give_back(self) -> None:
+        """The job never reached its body: its worker goes back idle (or, if the pool will not
+        keep it, the pool's exit kills it with every live worker)."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            self.pool.keep(worker, reuse=True)
+
+    async def run(self, run: Run) -> None:
+        await run_process(run, self.call, self.pool, isolated=self.isolated, worker=self.worker)
+
+
+async def run_process(
+    run: Run, call: ProcessCall, pool: WorkerPool, *, isolated: bool, worker: Worker | None = None
+) -> None:
+    """The body of a process job (see ``run_in_slot``): lease a worker (unless ``worker`` was
+    leased for it already, the job then running), run the call on it, report how it ended.
+    Whatever happens, the worker is back (idle, or reaped) before this returns or raises; a
+    worker that cannot start fails the job (``run_in_slot`` records it)."""
+    begun = worker is not None
+    if worker is None:
+        worker = await pool.lease(call, isolated=isolated, label=run.label)
     reuse = not isolated
     released = False
     try:
-        if run.stop_requested:  # stopped while its worker started: it never ran
-            run.stopped()
-            return
-        run.started()
+        if not begun:
+            if run.stop_requested:  # stopped while its worker started: it never ran
+                run.stopped()
+                return
+            run.started()
         ended, failure = await _exchange(run, call, worker, pool)
         released = pool.keep(worker, reuse=reuse)  # no await: the common end of a job
     finally:  # cancelled with the manager, stopped, failed: never leave a worker behind
