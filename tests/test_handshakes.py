@@ -153,3 +153,32 @@ async def test_slots_hold_every_hop_and_forget_idle_destinations() -> None:
     assert repr(limits) == (
         "<asyncjobs HandshakeLimits per_destination=1 in_flight=0 destinations=0>"
     )
+
+
+async def test_a_jump_host_is_a_destination_of_its_own(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 targets behind one jump host, both sshds at the default MaxStartups: each sees at
+    most 8 handshakes at once (the jump host's slot is held by every connection through it)."""
+    monkeypatch.setattr(ssh_session, "RESET_RETRIES", 0)
+    with TestHosts(2) as hosts:
+        jump, target = hosts.hosts
+        config = tmp_path / "ssh_config"
+        config.write_text(
+            f"Host jump\n  HostName {jump.address}\n  Port {jump.port}\n"
+            f"  User {hosts.username}\n  IdentityFile {hosts.client_key}\n"
+            f"  UserKnownHostsFile {hosts.known_hosts}\n"
+            f"Host inner\n  HostName {target.address}\n  Port {target.port}\n"
+            f"  ProxyJump jump\n"
+        )
+        options: dict[str, Any] = {**hosts.ssh_options(), "config": [str(config)]}
+        from asyncjobs._ssh.config import resolve
+
+        found = await ssh_session._destinations(resolve("inner", (), options), options)
+        assert found == [(target.address, target.port), (jump.address, jump.port)]
+        async with JobManager() as jobs:
+            parent = await jobs.invoke(["inner"] * 60, "echo ok", throttle_limit=60, **options)
+            await parent.wait(timeout=120)
+            failed = [c.reason for c in parent.children if c.state is not JobState.COMPLETED]
+            assert not failed, failed[:3]
+        assert handshake_limits().statistics()["peak"] == DEFAULT_PER_DESTINATION
