@@ -53,8 +53,10 @@ class Job(metaclass=NoPublicConstructor):
     finished_at: float | None = None
     _history: list[StateChange] = attrs.field(factory=list)
     _changed_event: anyio.Event | None = None
-    _finished: anyio.Event = attrs.field(factory=anyio.Event)
-    _stop_event: anyio.Event = attrs.field(factory=anyio.Event)
+    #: Made only when someone waits (``_finished_waiter``): two events per job were a
+    #: measurable part of a short command job's cost.
+    _finished: anyio.Event | None = None
+    _stop_flag: bool = False
     _listeners: list[Callable[[Job], None]] = attrs.field(factory=list)
     #: Per-phase timings of a remote job (``RemoteTimings``), None for local jobs.
     timings: Any = None
@@ -94,7 +96,6 @@ class Job(metaclass=NoPublicConstructor):
         job.started_at = min((c.started_at for c in job._children if c.started_at), default=None)
         if job._state.is_finished:
             job.finished_at = max((c.finished_at or 0.0) for c in job._children)
-            job._finished.set()
         for child in job._children:
             child.parent = job
             child._listeners.append(job._child_changed)
@@ -121,7 +122,7 @@ class Job(metaclass=NoPublicConstructor):
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop_event.is_set()
+        return self._stop_flag
 
     @property
     def has_more_data(self) -> bool:
@@ -195,8 +196,8 @@ class Job(metaclass=NoPublicConstructor):
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until the job is finished; False if ``timeout`` seconds passed first."""
         with anyio.move_on_after(checks.timeout(timeout)):
-            await self._finished.wait()
-        return self._finished.is_set()
+            await self._finished_waiter().wait()
+        return self._state.is_finished
 
     async def state_changes(self) -> AsyncIterator[StateChange]:
         """Every state change of the job, from its first, until it is finished."""
@@ -214,22 +215,31 @@ class Job(metaclass=NoPublicConstructor):
         """Stop the job (Stop-Job) and wait until it is finished. Stopping a finished job does
         nothing; a thread job only stops once its function notices ``stop_requested()``."""
         if self._children:
-            self._stop_event.set()
+            self._stop_flag = True
             async with anyio.create_task_group() as tg:
                 for child in self._children:
                     tg.start_soon(child.stop)
             return
         if self._state.is_finished:
             return
-        if not self._stop_event.is_set():
-            self._stop_event.set()
+        if not self._stop_flag:
+            self._stop_flag = True
             if self._log is not None:
                 self._log.unblock()
             if self._state is JobState.NOT_STARTED and self._runner_active:
                 pass  # its runner is starting it (connecting, spawning): it stops it once started
             elif self._state is not JobState.STOPPING:
                 self._apply(Event.STOP)  # NOT_STARTED -> STOPPED at once; else -> STOPPING
-        await self._finished.wait()
+        await self._finished_waiter().wait()
+
+    def _finished_waiter(self) -> anyio.Event:
+        """The event set once the job is finished (already set if it is), made on demand."""
+        event = self._finished
+        if event is None:
+            event = self._finished = anyio.Event()
+            if self._state.is_finished:
+                event.set()
+        return event
 
     def __await__(self) -> Generator[Any, None, list[Any]]:
         return self._result().__await__()
@@ -287,7 +297,7 @@ class Job(metaclass=NoPublicConstructor):
                 self._log.end()
         self._history.append(StateChange(previous, self._state, reason))
         self._wake()
-        if self._state.is_finished:
+        if self._finished is not None and self._state.is_finished:
             self._finished.set()
         for listener in self._listeners:
             listener(self)
@@ -353,7 +363,7 @@ class Job(metaclass=NoPublicConstructor):
             StateChange(previous, state, child.reason if state is JobState.FAILED else None)
         )
         self._wake()
-        if state.is_finished:
+        if self._finished is not None and state.is_finished:
             self._finished.set()
         for listener in self._listeners:
             listener(self)

@@ -146,14 +146,19 @@ async def run_command(
             await _pump(stream, run, name, spec.lines)
 
     process = await _spawn(run, spec)
-    async with process:  # closes the pipes and reaps, once _terminate has made sure it exits
-        try:
-            if not run.stop_requested:  # else stop() landed while it was being spawned
-                run.started()
-                await _supervise(run, spec, process, pump)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await _terminate(process, spec.stop_grace, clock)
+    drained = False
+    try:
+        if not run.stop_requested:  # else stop() landed while it was being spawned
+            run.started()
+            drained = await _supervise(run, spec, process, pump)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _terminate(process, spec.stop_grace, clock)
+            # Closes the pipes and reaps (shielded itself). A program reaped with both pipes
+            # at EOF and no stdin pipe has nothing left to close (asyncio closed its transport
+            # at the last EOF): skipping it spares a short command two scheduling rounds.
+            if not drained or process.stdin is not None:
+                await process.aclose()
     _report(run, spec, process.returncode)
 
 
@@ -191,11 +196,14 @@ def _spawn_error(label: str, spec: CommandSpec, exc: OSError) -> CommandFailed:
     return CommandFailed(message)
 
 
-async def _supervise(run: Run, spec: CommandSpec, process: Process, pump: Pump) -> None:
+async def _supervise(run: Run, spec: CommandSpec, process: Process, pump: Pump) -> bool:
     """Feed stdin and read stdout and stderr until the program has exited and both pipes are at
-    EOF (stdin feeding is abandoned then), or until ``stop()``."""
+    EOF (stdin feeding is abandoned then), or until ``stop()``. True if it got that far (the
+    program reaped, both pipes read to EOF), False if a stop cut it short."""
     assert process.stdout is not None and process.stderr is not None
     failed: list[Exception] = []
+    drained: list[bool] = []  # the stderr pump reached EOF
+    done = False
     # stop() cancels through a state listener, and stdout is read in this task: one task and
     # one task group per command less (short commands are dominated by them).
     with run.cancelled_on_stop():
@@ -204,7 +212,7 @@ async def _supervise(run: Run, spec: CommandSpec, process: Process, pump: Pump) 
                 tg.start_soon(_feed, process.stdin, spec.input, failed, tg.cancel_scope)
             stderr_done = anyio.Event()
             tg.start_soon(
-                _pump_then_set, pump, process.stderr, stderr_done, failed, tg.cancel_scope
+                _pump_then_set, pump, process.stderr, stderr_done, failed, tg.cancel_scope, drained
             )
             try:
                 await pump(process.stdout, "output")
@@ -213,12 +221,14 @@ async def _supervise(run: Run, spec: CommandSpec, process: Process, pump: Pump) 
             else:
                 await stderr_done.wait()
                 await process.wait()
+                done = bool(drained)
             tg.cancel_scope.cancel()
     # The job's reason is the failure itself, not a task group's ExceptionGroup around it:
     # a pump failed (the log refused a line: its spill failed), or a lazy input iterable
     # raised or yielded something that is not a line.
     if failed:
         raise failed[0]
+    return done and process.returncode is not None
 
 
 async def _pump_then_set(
@@ -227,9 +237,11 @@ async def _pump_then_set(
     done: anyio.Event,
     failed: list[Exception],
     scope: anyio.CancelScope,
+    drained: list[bool],
 ) -> None:
     try:
         await pump(stream, "error")
+        drained.append(True)
     except Exception as exc:  # the job fails of it: stop the rest
         failed.append(exc)
         scope.cancel()
