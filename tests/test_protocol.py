@@ -28,6 +28,7 @@ from asyncjobs import (
 )
 from asyncjobs._host.protocol import (
     GET,
+    INVOKE_HOSTS,
     JOB,
     MAX_FRAME,
     OP_NAMED,
@@ -42,6 +43,8 @@ from asyncjobs._host.protocol import (
     FrameStream,
     Hello,
     HostJobInfo,
+    InvokeHost,
+    InvokeRecord,
     Request,
     Response,
     SessionInfo,
@@ -369,7 +372,13 @@ def test_requests_of_every_op_round_trip_with_defaults_filled() -> None:
         "ack": {"lease": 1, "count": 0},
         "stop": {"job": 1},
         "remove": {"job": 1},
-    }
+        "record_invoke": {
+            "command": "uptime", "location": "web[01-02]", "state": "Failed",
+            "started_at": 1.0, "finished_at": 2.0,
+            "hosts": [{"host": "web01", "state": "Completed", "exit_status": 0},
+                      {"host": "ops@web02:2222", "state": "Failed"}],
+        },
+    }  # fmt: skip
     for i, op in enumerate(OPS, start=1):
         args = minimal.get(op.name, {})
         got = Request.from_wire(Request(id=i, op=op.name, args=args).to_wire())
@@ -742,6 +751,10 @@ def test_every_op_has_a_result_shape() -> None:
         "take": Batch(records=[], next_seq=0, job=INFO),
         "stop": INFO,
         "sessions": [session],
+        "record_invoke": INFO,
+        "invoke_hosts": InvokeRecord(
+            job=3, hosts=[InvokeHost("web01", "Failed", 3), InvokeHost("web02", "Completed", 0)]
+        ),
     }
     for op in OPS:
         sent = examples.get(op.name)
@@ -752,6 +765,9 @@ def test_every_op_has_a_result_shape() -> None:
     with pytest.raises(ProtocolError, match="result: expected null, got 1"):
         REMOVE.parse_result(1)
     assert PING.parse_result("pong") == "pong"
+    assert INVOKE_HOSTS.parse_result(None) is None  # no invoke recorded (yet)
+    with pytest.raises(ProtocolError, match="InvokeRecord: field 'hosts'"):
+        INVOKE_HOSTS.parse_result({"job": 3, "hosts": []})
     with pytest.raises(ProtocolError, match="HostJobInfo: expected an object, got None"):
         JOB.parse_result(None)
 

@@ -21,7 +21,7 @@ import pytest
 
 from asyncjobs import STREAMS, JobArgumentError, NoSuchJob
 from asyncjobs._core.state import JobState
-from asyncjobs._host.records import HostJobInfo
+from asyncjobs._host.records import HostJobInfo, InvokeHost
 from asyncjobs._host.store import (
     SCHEMA_VERSION,
     Piece,
@@ -471,6 +471,45 @@ def test_a_store_written_by_schema_version_1_opens_and_reads(tmp_path: Path) -> 
         assert [r.value for r in store.take(7)] == [b"bb", b"ccc"]
         assert store.job(7).has_more_data is False  # type: ignore[union-attr]
         assert store.append(7, [("output", b"d", 3.0)]) == 4
+        assert read_jobs(path) == store.jobs()
+
+
+def test_a_version_1_store_is_migrated_to_record_invokes(tmp_path: Path) -> None:
+    """Version 2 added ``invoke_hosts``: a version-1 store gains it when it opens (its jobs
+    as they were), and then records invokes like a new one."""
+    path = tmp_path / "store.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+    conn.close()
+    with Store.open(path) as store:
+        assert [j.id for j in store.jobs()] == [7] and store.invoke_hosts() is None
+        hosts = [InvokeHost("web01", "Completed", 0), InvokeHost("ops@web02:2222", "Failed", 3)]
+        info = store.record_invoke(
+            session="cli", command="uptime", location="web[01-02]", instance_id="i",
+            state="Failed", exit_status=3, hosts=hosts, started_at=1.0, finished_at=2.0,
+        )  # fmt: skip
+        assert info.id == 8 and info.name == "Job8" and info.kind == "RemoteJob"
+        assert (info.state, info.command, info.location) == (
+            JobState.FAILED,
+            "uptime",
+            "web[01-02]",
+        )
+        assert info.has_more_data is False
+        assert store.invoke_hosts() == store.invoke_hosts(8) == (8, hosts)
+        assert [h.host for h in hosts if h.failed] == ["ops@web02:2222"]
+        assert store.invoke_hosts(7) is None and store.invoke_hosts(99) is None
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchone() == (str(SCHEMA_VERSION),)
+    conn.close()
+    with Store.open(path) as store:  # reopened: version 2 now, its invoke still there
+        assert store.invoke_hosts() == (8, hosts)
+        newer = store.record_invoke(
+            session="cli", command="true", location="web01", instance_id="j",
+            state="Completed", hosts=hosts[:1], started_at=3.0, finished_at=4.0,
+        )  # fmt: skip
+        assert store.invoke_hosts() == (newer.id, hosts[:1])
+        store.delete_job(newer.id)  # asyncjobs remove: its hosts go with it
+        assert store.invoke_hosts() == (8, hosts)
         assert read_jobs(path) == store.jobs()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from .._host.records import KINDS
 from .._version import __version__
 from ._boundary import describe, fail, run, run_on, say
 from ._hosts import HostSyntaxError
@@ -128,6 +129,7 @@ def invoke(
       asyncjobs invoke -H db[1-40] --idle-timeout 60 --retries 2 -- ./migrate
       asyncjobs invoke -H web[01-12] --outdir logs -- journalctl -u nginx -n 100
       asyncjobs invoke -H @web -x web03 -o User=deploy -- systemctl is-active nginx
+      asyncjobs invoke -H @failed -- ./deploy    # the hosts the last invoke failed on
     """
     from ._invoke import out_dir, read_stdin, remote_only
 
@@ -225,20 +227,28 @@ def start(
 @click.option(
     "--state", type=click.Choice(STATES, case_sensitive=False), help="Only jobs in this state."
 )
+@click.option(
+    "--kind",
+    type=click.Choice(KINDS),
+    help="Only jobs of this kind (RemoteJob: the invokes recorded for -H @failed / @last).",
+)
 @host_option
 @ssh_options
 @common
-def get(name: str | None, state: str | None, host: str | None, **ssh: Any) -> None:
+def get(
+    name: str | None, state: str | None, kind: str | None, host: str | None, **ssh: Any
+) -> None:
     """List the jobs of the job host (Get-Job).
 
     \b
       asyncjobs get
       asyncjobs get --state failed --name 'build-*'
+      asyncjobs get --kind RemoteJob
       asyncjobs get -H @build --json
     """
     from ._jobs import get as body
 
-    run_on("get", body, host, ssh, name=name, state=state)
+    run_on("get", body, host, ssh, name=name, state=state, kind=kind)
 
 
 @cli.command()

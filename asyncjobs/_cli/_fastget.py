@@ -34,21 +34,23 @@ def host_running(directory: Path) -> bool:
 
 
 def local_jobs(
-    directory: Path, *, name: str | None = None, state: str | None = None
-) -> list[dict[str, Any]] | None:
+    directory: Path, *, name: str | None = None, state: str | None = None,
+    kind: str | None = None,
+) -> list[dict[str, Any]] | None:  # fmt: skip
     """``read_jobs`` of the job host in ``directory``, if one runs there; else None."""
     if not host_running(directory):
         return None
-    return read_jobs(directory / STORE, name=name, state=state)
+    return read_jobs(directory / STORE, name=name, state=state, kind=kind)
 
 
 def read_jobs(
-    store: Path, *, name: str | None = None, state: str | None = None
-) -> list[dict[str, Any]] | None:
+    store: Path, *, name: str | None = None, state: str | None = None,
+    kind: str | None = None,
+) -> list[dict[str, Any]] | None:  # fmt: skip
     """The store's jobs in the ``--json`` job shape, filtered like ``jobs.get``; None if the
     store can't be read here (then ask the host)."""
     try:
         jobs = read_store(store)
     except StoreError:
         return None
-    return [host_job_json(job) for job in select_jobs(jobs, name=name, state=state)]
+    return [host_job_json(job) for job in select_jobs(jobs, name=name, state=state, kind=kind)]

@@ -356,6 +356,9 @@ async def invoke_remote(
                 BLOCKS.flush()
         await parent.wait()
     elapsed = time.monotonic() - t0
+    from ._retry import record  # for -H @failed / @last
+
+    await record(screen, parent, children, [target_text(t) for t in targets])
     result.jobs.append(local_job_json(parent))
     result.exit_status = _exit_status(children)
     if fail_fast and parent.state is JobState.FAILED:  # the first real failure's, not 143

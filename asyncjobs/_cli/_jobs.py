@@ -112,21 +112,23 @@ async def start(
 
 
 async def get(
-    screen: Screen, result: Result, where: Where, *, name: str | None, state: str | None
-) -> None:
+    screen: Screen, result: Result, where: Where, *, name: str | None, state: str | None,
+    kind: str | None = None,
+) -> None:  # fmt: skip
     """Get-Job: the host's jobs, every session's (this machine's read from its store)."""
     jobs = None
     if where.target is None:
         from .._host.directory import STORE, host_dir
         from ._fastget import local_jobs, read_jobs
 
-        jobs = local_jobs(host_dir(), name=name, state=state)
+        jobs = local_jobs(host_dir(), name=name, state=state, kind=kind)
     if jobs is None:
         async with link(where) as host, host.session() as s:
             if where.target is None:  # the host is up now (started if need be): read its store
-                jobs = read_jobs(host_dir() / STORE, name=name, state=state)
+                jobs = read_jobs(host_dir() / STORE, name=name, state=state, kind=kind)
             if jobs is None:
-                jobs = [host_job_json(j) for j in await s.jobs.get(name=name, state=state)]
+                found = await s.jobs.get(name=name, state=state, kind=kind)
+                jobs = [host_job_json(j) for j in found]
     show_jobs(screen, result, jobs)
 
 

@@ -229,13 +229,14 @@ def check_local(ssh: dict[str, Any]) -> None:
 def where_of(host: str | None, ssh: dict[str, Any]) -> Where:
     """The one job host of ``-H`` (a host or a group of one, less ``-x``)."""
     from ._access import Where
-    from ._groups import LazyGroups, exclude
+    from ._groups import exclude
     from ._hosts import parse_hosts, targets
+    from ._retry import HostLists
 
     if host is None:
         check_local(ssh)
         return Where()
-    groups = LazyGroups()
+    groups = HostLists()
     hosts = parse_hosts(host, groups)
     chosen = targets(hosts, user=ssh.get("user"), port=ssh.get("port"))
     left = exclude(chosen, ssh.get("exclude") or (), groups)
@@ -253,10 +254,11 @@ def where_of(host: str | None, ssh: dict[str, Any]) -> Where:
 def targets_of(hosts: Sequence[str], hostfiles: Sequence[str], ssh: dict[str, Any]) -> list[Target]:
     """The hosts of ``-H`` (groups expanded) and ``--hostfile``, less ``-x``, checked,
     ``--user``/``--port`` filled in; every ``-o`` checked. Nothing connects yet."""
-    from ._groups import LazyGroups, exclude
+    from ._groups import exclude
     from ._hosts import gather, targets
+    from ._retry import HostLists
 
-    groups = LazyGroups()
+    groups = HostLists()  # @group, and @failed / @last: the hosts of an earlier invoke
     names = gather(hosts, hostfiles, sys.stdin, groups)
     if not names:
         raise HostSyntaxError("no hosts: -H and --hostfile named none")

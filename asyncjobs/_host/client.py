@@ -116,15 +116,35 @@ class HostJobs:
         return info
 
     async def get(
-        self, *, name: str | None = None, state: JobState | str | None = None
-    ) -> list[HostJobInfo]:
-        """The host's jobs (every session's), filtered like ``JobManager.get``."""
+        self, *, name: str | None = None, state: JobState | str | None = None,
+        kind: str | None = None,
+    ) -> list[HostJobInfo]:  # fmt: skip
+        """The host's jobs (every session's), filtered like ``JobManager.get``; ``kind``:
+        only those of this kind (``RemoteJob``: the recorded invokes)."""
         checks.name(name)
         if isinstance(state, str):
             state = state_named(state)
         wanted = state.value if state is not None else None
-        infos: list[HostJobInfo] = await self._call(ops.GET, name=name, state=wanted)
+        infos: list[HostJobInfo] = await self._call(ops.GET, name=name, state=wanted, kind=kind)
         return infos
+
+    async def record_invoke(
+        self, command: str, location: str, state: JobState, hosts: Sequence[ops.InvokeHost], *,
+        exit_status: int | None, started_at: float, finished_at: float,
+    ) -> HostJobInfo:  # fmt: skip
+        """Record an invoke that ran elsewhere (``asyncjobs invoke``): its hosts and how each
+        ended, as a finished ``RemoteJob`` of this session; ``invoke_hosts`` reads it back."""
+        info: HostJobInfo = await self._call(
+            ops.RECORD_INVOKE, command=command, location=location, state=state.value,
+            exit_status=exit_status, started_at=started_at, finished_at=finished_at,
+            hosts=[h.to_wire() for h in hosts],
+        )  # fmt: skip
+        return info
+
+    async def invoke_hosts(self, job: int | None = None) -> ops.InvokeRecord | None:
+        """The hosts of recorded invoke ``job`` (None: the last one), or None if none is."""
+        found: ops.InvokeRecord | None = await self._call(ops.INVOKE_HOSTS, job=job)
+        return found
 
     async def job(self, job: JobRef) -> HostJobInfo:
         """A fresh snapshot of one job."""

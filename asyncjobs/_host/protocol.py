@@ -38,6 +38,7 @@ from .operation import Op as Op
 from .operation import anything_at_all, many, none
 from .records import KINDS as KINDS
 from .records import HostJobInfo as HostJobInfo
+from .records import InvokeHost as InvokeHost
 from .transport import FrameStream as FrameStream
 from .wire import MAX_FRAME as MAX_FRAME
 from .wire import PROTOCOL_VERSION as PROTOCOL_VERSION
@@ -482,10 +483,50 @@ DISCONNECT: Final = Op("disconnect", {}, none, inline=True, last=True)
 CLOSE_SESSION: Final = Op("close_session", {}, none)  # this connection's: its jobs stop
 PING: Final = Op("ping", {}, anything_at_all)
 
+
+@attrs.frozen(kw_only=True)
+class InvokeRecord(_Shape):
+    """A recorded ``asyncjobs invoke``: its ``RemoteJob``'s id and its hosts, in order."""
+
+    SPEC: ClassVar[Spec] = {
+        "job": (_JOB, REQUIRED),
+        "hosts": (list_of(InvokeHost.from_wire, min_len=1), REQUIRED),
+    }
+    job: int
+    hosts: list[InvokeHost]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"job": self.job, "hosts": [h.to_wire() for h in self.hosts]}
+
+
+def _invoke_hosts(v: Any) -> list[dict[str, Any]]:
+    return [h.to_wire() for h in list_of(InvokeHost.from_wire, min_len=1)(v)]
+
+
+#: ``asyncjobs invoke`` records its hosts and how each ended (a finished ``RemoteJob`` of
+#: this session, named ``Job<id>``): what ``-H @failed`` / ``@last`` name later.
+RECORD_INVOKE: Final = Op(
+    "record_invoke",
+    {
+        "command": (text, REQUIRED),
+        "location": (text, REQUIRED),
+        "state": (one_of(*(s.value for s in JobState if s.is_finished)), REQUIRED),
+        "exit_status": (optional(integer(-(2**31), 2**31)), None),
+        "started_at": (number(0), REQUIRED),
+        "finished_at": (number(0), REQUIRED),
+        "hosts": (_invoke_hosts, REQUIRED),  # InvokeHost objects, each checked, kept as data
+    },
+    HostJobInfo.from_wire,
+)
+#: A recorded invoke's hosts: ``job``'s, or (None) the last one's; None if there is none.
+INVOKE_HOSTS: Final = Op(
+    "invoke_hosts", {"job": (optional(_JOB), None)}, lambda v: optional(InvokeRecord.from_wire)(v)
+)
+
 #: Every operation, in the order error messages list them.
 OPS: Final[tuple[Op[Any], ...]] = (
     START_COMMAND, GET, JOB, WAIT, READ, TAKE, ACK, STOP, REMOVE, SESSIONS, DISCONNECT,
-    CLOSE_SESSION, PING,
+    CLOSE_SESSION, PING, RECORD_INVOKE, INVOKE_HOSTS,
 )  # fmt: skip
 OP_NAMED: Final[Mapping[str, Op[Any]]] = {op.name: op for op in OPS}
 

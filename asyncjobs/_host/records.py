@@ -114,3 +114,22 @@ def select_jobs(
         and (location is None or fnmatch.fnmatchcase(job.location, location))
         and (has_more_data is None or job.has_more_data is has_more_data)
     ]
+
+
+@attrs.frozen
+class InvokeHost(Shape):
+    """One host of a recorded ``asyncjobs invoke``: as it was given (``user@host:port``), and
+    how it ended there (a ``JobState`` value; ``failed`` is anything but Completed)."""
+
+    SPEC: ClassVar[Spec] = {
+        "host": (text, REQUIRED),
+        "state": (one_of(*(s.value for s in JobState)), REQUIRED),
+        "exit_status": (optional(integer(-(2**31), 2**31)), None),
+    }
+    host: str
+    state: str
+    exit_status: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.state != JobState.COMPLETED.value

@@ -22,7 +22,8 @@ from .._core.state import JobState
 from .records import HostJobInfo, has_more_data
 from .wire import STREAM_NAMES
 
-SCHEMA_VERSION: Final = 1
+#: 2 added ``invoke_hosts`` (``MIGRATIONS``: a version-1 store is migrated when it opens).
+SCHEMA_VERSION: Final = 2
 # Past about this many 8 KiB pages of WAL the checkpointer thread copies it into the database
 # (fsyncs included). The writer does not checkpoint itself (that took ~40 % of a bulk append);
 # it only waits while the thread copies the last frames, so that the WAL can start over.
@@ -40,6 +41,14 @@ UPDATABLE: Final[dict[str, tuple[type, ...]]] = {
 CURSORS: Final = tuple(f"c_{s}" for s in STREAM_NAMES)
 PENDING: Final = tuple(f"n_{s}" for s in STREAM_NAMES)
 
+#: The hosts of each recorded ``asyncjobs invoke`` (a ``RemoteJob`` row of ``jobs``), in the
+#: order given, each with its outcome: what ``-H @failed`` and ``-H @last`` read.
+INVOKE_HOSTS_TABLE: Final = """CREATE TABLE invoke_hosts (job INTEGER NOT NULL,
+    position INTEGER NOT NULL, host TEXT NOT NULL, state TEXT NOT NULL, exit_status INTEGER,
+    PRIMARY KEY (job, position))"""
+#: Per version, the statements that make a store of it one of the next version.
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {1: (INVOKE_HOSTS_TABLE,)}
+
 SCHEMA: Final = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE sessions (name TEXT PRIMARY KEY, state TEXT NOT NULL, idle_timeout REAL NOT NULL,
@@ -53,7 +62,8 @@ CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NOT NU
     {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in PENDING)});
 CREATE INDEX jobs_by_session ON jobs (session);
 CREATE TABLE chunks (job INTEGER NOT NULL, first_seq INTEGER NOT NULL, count INTEGER NOT NULL,
-    data BLOB NOT NULL, PRIMARY KEY (job, first_seq))
+    data BLOB NOT NULL, PRIMARY KEY (job, first_seq));
+{INVOKE_HOSTS_TABLE}
 """
 
 

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -342,6 +343,18 @@ class JobHost:
     async def disconnect(self, call: Call) -> None:
         """Nothing to do: the connection ends once this is answered (``Op.last``)."""
 
+    async def record_invoke(
+        self, call: Call, hosts: list[dict[str, Any]], **fields: Any
+    ) -> HostJobInfo:
+        return self.store.record_invoke(
+            session=call.session.name, instance_id=str(uuid.uuid4()),
+            hosts=[ops.InvokeHost(**h) for h in hosts], **fields,
+        )  # fmt: skip
+
+    async def invoke_hosts(self, call: Call, job: int | None) -> ops.InvokeRecord | None:
+        found = self.store.invoke_hosts(job)
+        return None if found is None else ops.InvokeRecord(job=found[0], hosts=found[1])
+
     async def close_session(self, call: Call) -> None:
         if self.store.session(call.session.name) is not None:
             await self._close_session(call.session.name)
@@ -362,6 +375,8 @@ HANDLERS: Final[Mapping[Op[Any], Handler]] = {
     ops.DISCONNECT: JobHost.disconnect,
     ops.CLOSE_SESSION: JobHost.close_session,
     ops.PING: JobHost.ping,
+    ops.RECORD_INVOKE: JobHost.record_invoke,
+    ops.INVOKE_HOSTS: JobHost.invoke_hosts,
 }
 
 

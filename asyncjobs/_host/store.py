@@ -49,12 +49,13 @@ from .chunks import Piece as Piece
 from .chunks import Row as Row
 from .chunks import StoredRecord as StoredRecord
 from .chunks import chunks_of, join_pieces, pack_records, scan, select, unreceived_from
-from .records import HostJobInfo, has_more_data
+from .records import HostJobInfo, InvokeHost, has_more_data
 from .schema import (
     APPENDED,
     COUNTERS,
     INSERT_CHUNKS,
     JOBS,
+    MIGRATIONS,
     PUT_SESSION,
     SCHEMA,
     SESSION_COLUMNS,
@@ -159,6 +160,11 @@ class Store:
             if "meta" not in tables:
                 raise StoreError(f"{self.path} is an SQLite database but not a job store")
             version = schema_version(conn)
+            while version in MIGRATIONS:  # an older store, made one of this version in place
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+                version += 1
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
         check_version(version, self.path)
 
     def close(self) -> None:
@@ -380,7 +386,48 @@ class Store:
         """Delete a job and all its records (no error if it is gone)."""
         with self._writing() as conn:
             conn.execute("DELETE FROM chunks WHERE job = ?", (job_id,))
+            conn.execute("DELETE FROM invoke_hosts WHERE job = ?", (job_id,))
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # -- invokes: ``asyncjobs invoke``'s hosts and outcomes, for ``-H @failed`` ---------------
+
+    def record_invoke(
+        self, *, session: str, command: str, location: str, instance_id: str, state: str,
+        hosts: Sequence[InvokeHost], exit_status: int | None = None, started_at: float,
+        finished_at: float,
+    ) -> HostJobInfo:  # fmt: skip
+        """Add a finished ``RemoteJob`` (named ``Job<id>``) with its ``hosts``, in one write."""
+        if state not in STATES:
+            raise JobArgumentError(f"record_invoke: state={state!r} is not a JobState value")
+        job_id = self.reserve_job_id()
+        with self._writing() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, instance_id, session, name, kind, command, location, "
+                "state, exit_status, started_at, finished_at, created_at) "
+                "VALUES (?, ?, ?, ?, 'RemoteJob', ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, instance_id, session, f"Job{job_id}", command, location, state,
+                 exit_status, started_at, finished_at, time.time()),
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT INTO invoke_hosts VALUES (?, ?, ?, ?, ?)",
+                [(job_id, i, h.host, h.state, h.exit_status) for i, h in enumerate(hosts)],
+            )
+            r = conn.execute(f"{JOBS} WHERE id = ?", (job_id,)).fetchone()
+        return job_info(r)
+
+    def invoke_hosts(self, job_id: int | None = None) -> tuple[int, list[InvokeHost]] | None:
+        """A recorded invoke's id and hosts, in order: ``job_id``'s, or the last one's; None
+        if there is no such invoke."""
+        with self._reading() as conn:
+            if job_id is None:
+                (job_id,) = conn.execute("SELECT max(job) FROM invoke_hosts").fetchone()
+            rows = conn.execute(
+                "SELECT host, state, exit_status FROM invoke_hosts WHERE job = ? "
+                "ORDER BY position", (job_id,),
+            ).fetchall()  # fmt: skip
+        if job_id is None or not rows:
+            return None
+        return job_id, [InvokeHost(*r) for r in rows]
 
     # -- records -----------------------------------------------------------------------------
 
