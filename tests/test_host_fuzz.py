@@ -278,6 +278,23 @@ VALID: Final[dict[tuple[str, str], st.SearchStrategy[Any]]] = {
     ("stop", "job"): SAFE_JOB,
     ("remove", "job"): SAFE_JOB,
     ("remove", "force"): st.booleans(),
+    ("record_invoke", "command"): st.sampled_from(["uptime", "", "exit 3"]),
+    ("record_invoke", "location"): st.sampled_from(["web01", "web[01-02]", ""]),
+    ("record_invoke", "state"): st.sampled_from(["Completed", "Failed", "Stopped", "Running"]),
+    ("record_invoke", "exit_status"): st.none() | st.integers(-1, 256),
+    ("record_invoke", "started_at"): st.floats(-1, 2e9, allow_nan=False),
+    ("record_invoke", "finished_at"): st.floats(-1, 2e9, allow_nan=False),
+    ("record_invoke", "hosts"): st.lists(
+        st.fixed_dictionaries(
+            {
+                "host": st.sampled_from(["web01", "u@web02:22", ""]),
+                "state": st.sampled_from([*(s.value for s in JobState), "Nope"]),
+                "exit_status": st.none() | st.integers(-1, 256),
+            }
+        ),
+        max_size=3,
+    ),
+    ("invoke_hosts", "job"): st.none() | JOB,
 }
 _UNSAFE_OPS: Final = frozenset({"stop", "remove"})
 
