@@ -635,3 +635,25 @@ async def test_process_limit_queues_the_second_command(tmp_path: Path) -> None:
         assert await first == ["first"]
         assert first.finished_at is not None and second.started_at is not None
         assert second.started_at >= first.finished_at
+
+
+async def test_a_command_job_costs_no_thread_and_no_reader_task(anyio_backend: str) -> None:
+    """On asyncio a command without input runs on the loop's reader callbacks and a pidfd
+    (``_local.pipes``): no child-watcher thread (asyncio's default starts one per program),
+    and its body is the job's only task. The same job on trio takes the anyio path."""
+    import threading
+
+    from asyncjobs._local import pipes
+
+    native = anyio_backend == "asyncio" and hasattr(os, "pidfd_open")
+    assert pipes.available() is native
+    async with JobManager() as jobs:
+        before = {t.ident for t in threading.enumerate()}
+        job = await jobs.start_command(
+            python("import time; print('up', flush=True); time.sleep(0.3)")
+        )
+        assert await first_output(job) == "up"
+        started = {t.name for t in threading.enumerate() if t.ident not in before}
+        assert await job == ["up"]
+    if native:
+        assert not [n for n in started if n.startswith("waitpid")], started

@@ -24,7 +24,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import attrs
@@ -38,6 +38,7 @@ from .._core.errors import CommandFailed, JobArgumentError
 from .._core.lines import CHUNK, check_lines, input_chunks, splitter
 from .._core.models import StreamName
 from .._core.runner import Run
+from . import pipes
 
 _BROKEN = (
     anyio.BrokenResourceError,
@@ -141,6 +142,9 @@ async def run_command(
     (the grace period on ``clock``) and reaped before this returns or raises.
     """
     if pump is None:
+        if spec.input is None and pipes.available():
+            await _run_native(run, spec, clock)
+            return
 
         async def pump(stream: ByteReceiveStream, name: StreamName) -> None:
             await _pump(stream, run, name, spec.lines)
@@ -162,6 +166,25 @@ async def run_command(
     _report(run, spec, process.returncode)
 
 
+async def _run_native(run: Run, spec: CommandSpec, clock: Clock) -> None:
+    """``run_command`` on the loop's reader callbacks (see ``pipes``): no reader tasks."""
+    try:
+        process = pipes.spawn(spec.argv, spec.cwd, spec.env, spec.lines, run.log)
+    except OSError as exc:
+        raise _failed_spawn(run, spec, exc) from exc
+    try:
+        if not run.stop_requested:  # else stop() landed before it could start
+            run.started()
+            with run.cancelled_on_stop():
+                await process.drain()
+    finally:
+        process.stop_reading()  # a stop or a failure: nothing more is appended
+        with anyio.CancelScope(shield=True):
+            await _terminate(process, spec.stop_grace, clock)
+        process.close()
+    _report(run, spec, process.returncode)
+
+
 async def _spawn(run: Run, spec: CommandSpec) -> Process:
     """Start the program in a new session (so in its own process group). ``OSError`` becomes
     ``CommandFailed`` here, the one place where the operating system's errors are translated."""
@@ -176,9 +199,13 @@ async def _spawn(run: Run, spec: CommandSpec) -> Process:
             start_new_session=True,
         )
     except OSError as exc:
-        error = _spawn_error(run.label, spec, exc)
-        run.append_nowait("error", error)  # why it failed, where records are read too
-        raise error from exc
+        raise _failed_spawn(run, spec, exc) from exc
+
+
+def _failed_spawn(run: Run, spec: CommandSpec, exc: OSError) -> CommandFailed:
+    error = _spawn_error(run.label, spec, exc)
+    run.append_nowait("error", error)  # why it failed, where records are read too
+    return error
 
 
 def _spawn_error(label: str, spec: CommandSpec, exc: OSError) -> CommandFailed:
@@ -287,7 +314,17 @@ async def _feed(
         scope.cancel()
 
 
-async def _terminate(process: Process, grace: float, clock: Clock) -> None:
+class _Reapable(Protocol):
+    """What ``_terminate`` needs of a process: anyio's ``Process`` or ``pipes.NativeProcess``."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    async def wait(self) -> int: ...
+
+
+async def _terminate(process: _Reapable, grace: float, clock: Clock) -> None:
     """Make sure nothing of the program runs any more (call it shielded): a running program's
     group gets SIGTERM, ``grace`` seconds on ``clock``, then SIGKILL; the program is reaped;
     whatever is left of its group afterwards (a grandchild) is killed."""
