@@ -248,11 +248,15 @@ async def main_async(
             lower_is_better=False,
         )
         if got["lines"]:
-            print(
-                f"  context, one item per line: asyncjobs `invoke(..., lines=True)` "
-                f"{median([r.gb_per_s for r in got['asyncjobs lines']]):.3f} GB/s, asyncssh "
-                f"`async for line in process.stdout` "
-                f"{median([r.gb_per_s for r in got['lines']]):.3f} GB/s"
+            # Issue 13: one item per line, at least asyncssh's own `async for line`.
+            report_pair(
+                "lines",
+                [r.gb_per_s for r in got["asyncjobs lines"]],
+                [r.gb_per_s for r in got["lines"]],
+                unit="GB/s",
+                yardstick='asyncssh `async for line in process.stdout`, encoding="utf-8"',
+                goal=1.0,
+                lower_is_better=False,
             )
         cpu_a = median([r.cpu / (r.bytes / 1e9) for r in ours])
         cpu_b = median([r.cpu / (r.bytes / 1e9) for r in theirs])

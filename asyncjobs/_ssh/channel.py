@@ -92,7 +92,8 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
         self._raw: dict[StreamName, list[bytes]] = {"output": [], "error": []}
         self._raw_size = 0
         self._flush_scheduled = False
-        self._backlog: deque[tuple[StreamName, Line]] = deque()
+        #: Lines a full ``block`` buffer did not take yet, in order: (stream, lines).
+        self._backlog: deque[tuple[StreamName, list[Line]]] = deque()
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._paused = False
         self._closed = False  # the channel is gone (connection_lost)
@@ -195,8 +196,7 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
 
     def _take(self, stream: StreamName, data: bytes) -> None:
         if self._lines:
-            for item in self._split[stream].feed(data):
-                self._append(stream, item)
+            self._append_lines(stream, self._split[stream].feed(data))
             return
         self._raw[stream].append(data)
         self._raw_size += len(data)
@@ -232,17 +232,24 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
                 self._append(stream, tail)
 
     def _append(self, stream: StreamName, item: Line) -> None:
+        self._append_lines(stream, [item])
+
+    def _append_lines(self, stream: StreamName, items: list[Line]) -> None:
+        """What one packet brought, as one batch in the log (no object per line). A full
+        ``block`` buffer takes what fits; the rest waits in the backlog, the peer held."""
+        if not items:
+            return
         if not self._backlog:
             try:
-                self._log.append_nowait(stream, item)
-            except anyio.WouldBlock:  # a full block buffer: hold the peer
-                self._pause()
+                taken = self._log.append_lines_nowait(stream, items)
             except Exception as exc:  # e.g. spilling failed (disk full)
                 self._fail(exc)
                 return
-            else:
+            if taken == len(items):
                 return
-        self._backlog.append((stream, item))
+            items = items[taken:]
+            self._pause()  # a full block buffer: hold the peer
+        self._backlog.append((stream, items))
 
     def _fail(self, exc: Exception) -> None:
         """An error here would be raised inside asyncssh's protocol and take the whole
@@ -276,10 +283,7 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
                 return
             self._wake = anyio.Event()
             while self._backlog and not self._discard:
-                stream, item = self._backlog[0]  # popped once appended: later items queue behind
-                await self._log.append(stream, item)  # waits for room
-                if not self._discard:  # else close() has cleared the backlog meanwhile
-                    self._backlog.popleft()
+                await self._append_backlog()
             if self._paused and self._chan is not None:
                 self._paused = False
                 self._last_data = self._loop.time()  # the pause was ours
@@ -288,6 +292,22 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
                 raise self._error
             if (self._closed or self._interrupted) and not self._backlog:
                 return
+
+    async def _append_backlog(self) -> None:
+        """Append the backlog's first batch: what fits now, then one line once there is room
+        (waiting), so that every line is appended exactly once even if the wait is cancelled."""
+        stream, items = self._backlog[0]  # replaced as it shrinks: later batches queue behind
+        taken = self._log.append_lines_nowait(stream, items)
+        if taken < len(items):
+            self._backlog[0] = (stream, items[taken:])
+            await self._log.append(stream, items[taken])  # waits for room
+            taken += 1
+            if self._discard:  # close() has cleared the backlog meanwhile
+                return
+        if taken < len(items):
+            self._backlog[0] = (stream, items[taken:])
+        else:
+            self._backlog.popleft()
 
     async def _wait_or_idle(self, idle: float) -> bool:
         """Wait for a wake-up: True when one came, False once nothing has arrived for
