@@ -1,4 +1,4 @@
-"""pytest fixtures for real sshd test hosts (see ``tests/testhosts.py``).
+"""pytest fixtures for real sshd test hosts (``asyncjobs.testing``, via ``tests/testhosts.py``).
 
 - ``ssh_hosts`` (session): 3 hosts with raised limits (``load=True``: MaxSessions 1000,
   MaxStartups 1000:30:1000). Shared by every test of the run: don't kill or pause them.

@@ -6,6 +6,10 @@ ones below, never above, and the two middle rooms (SSH, the job host) never each
 
     _version, _core  ->  _local  ->  _ssh | _host  ->  _remote  ->  asyncjobs (the facade)  ->  _cli
 
+``asyncjobs.testing`` (the sshd test hosts for users' tests) stands beside them all: it may
+import the public facade ``asyncjobs`` and nothing internal (no ``asyncjobs._*``), and nothing
+in the package imports it (it ranks above everything, so any import of it points up).
+
 The one upward import allowed is ``JobManager.invoke``'s lazy import of the fan-out (it saves
 local programs asyncssh's import time); it must sit inside a function, and the cycle check still
 counts it, so the fan-out cannot import the manager back.
@@ -37,6 +41,7 @@ RANKS = {
     "asyncjobs": 5,  # the facade: __init__.py re-exports the public names
     "asyncjobs._cli": 6,
     "asyncjobs.__main__": 7,
+    "asyncjobs.testing": 8,  # public test hosts: the facade at most, see test_testing_is_apart
 }
 #: (importer, imported): the lazy upward imports allowed, each inside a function.
 LAZY_UPWARD = {("asyncjobs._local.manager", "asyncjobs._remote.fanout")}
@@ -172,6 +177,23 @@ def test_imports_point_down() -> None:
             if (module, name) in LAZY_UPWARD and in_function:
                 continue
             if RANKS[there] >= RANKS[here]:
+                wrong.append(f"{MODULES[module].relative_to(ROOT)}:{line}: {module} -> {name}")
+    assert wrong == []
+
+
+def test_testing_is_apart() -> None:
+    """``asyncjobs.testing`` uses the public API only; the package never imports it (so
+    ``import asyncjobs`` does not pay for it, and the runtime bundle's code never needs it)."""
+    wrong = []
+    for module in MODULES:
+        inside = room(module) == "asyncjobs.testing"
+        for name, line, _ in _imports(module):
+            if name not in MODULES and not name.startswith("asyncjobs."):
+                continue
+            there = "asyncjobs.testing" if name.startswith("asyncjobs.testing") else room(name)
+            if inside and there not in ("asyncjobs.testing",) and name != "asyncjobs":
+                wrong.append(f"{MODULES[module].relative_to(ROOT)}:{line}: {module} -> {name}")
+            if not inside and there == "asyncjobs.testing":
                 wrong.append(f"{MODULES[module].relative_to(ROOT)}:{line}: {module} -> {name}")
     assert wrong == []
 

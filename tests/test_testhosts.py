@@ -285,17 +285,15 @@ def test_a_bad_config_fails_start_with_sshds_stderr() -> None:
 
 
 def test_a_port_taken_meanwhile_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tests.testhosts as testhosts
+    import asyncjobs.testing._hosts as testhosts  # where start() takes its ports from
 
-    real = testhosts._free_port
+    real = testhosts.free_port  # type: ignore[attr-defined]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
         handed = iter([busy])
-        monkeypatch.setattr(
-            testhosts, "_free_port", lambda addrs: next(handed, None) or real(addrs)
-        )
+        monkeypatch.setattr(testhosts, "free_port", lambda addrs: next(handed, None) or real(addrs))
         with TestHosts(1) as hosts:
             assert hosts.hosts[0].port != busy
             assert "Address already in use" in hosts.log(0)
