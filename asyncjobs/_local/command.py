@@ -35,6 +35,7 @@ from .._core.checks import SHELL as _SHELL
 from .._core.checks import Input as Input
 from .._core.clock import REAL, Clock
 from .._core.errors import CommandFailed, JobArgumentError
+from .._core.jsonlines import JsonLines, OutputMode, check_output
 from .._core.lines import CHUNK, check_lines, input_chunks, splitter
 from .._core.models import StreamName
 from .._core.runner import Run
@@ -61,6 +62,8 @@ class CommandSpec:
     input: Input = attrs.field(default=None, repr=False)
     stop_grace: float = 5.0
     lines: bool = True
+    #: ``"json"``: stdout lines parsed as JSON (``_core.jsonlines``), off the native path.
+    output: OutputMode = attrs.field(default="text", repr=False)  # reprs as before issue 15
 
     @classmethod
     def build(
@@ -72,6 +75,7 @@ class CommandSpec:
         input: Any,
         stop_grace: float,
         lines: object = True,
+        output: object = "text",
     ) -> CommandSpec:
         """Check a ``start_command`` call; bad arguments raise ``JobArgumentError`` here (the
         rules are ``_core.checks``': ``session.jobs`` checks a call with them before sending it,
@@ -86,6 +90,8 @@ class CommandSpec:
           fed by a task, then stdin is closed. A program that stops reading early is fine.
         - ``lines``: ``True`` splits stdout and stderr into lines; ``False`` passes the bytes
           through unsplit, one ``bytes`` item per chunk read.
+        - ``output``: ``"json"`` parses each stdout line as JSON into a data record (a line
+          that is not JSON: an error record holding a ``JsonLineError``).
 
         No NUL byte in an argv element, the shell string, ``cwd`` or ``env``: the operating
         system can't pass one.
@@ -99,6 +105,7 @@ class CommandSpec:
             checks.input(input),
             checks.grace(stop_grace),
             check_lines(lines),
+            check_output(output, lines=lines is True),
         )
 
 
@@ -142,12 +149,15 @@ async def run_command(
     (the grace period on ``clock``) and reaped before this returns or raises.
     """
     if pump is None:
-        if spec.input is None and pipes.available():
+        if spec.input is None and spec.output == "text" and pipes.available():
             await _run_native(run, spec, clock)
             return
 
         async def pump(stream: ByteReceiveStream, name: StreamName) -> None:
-            await _pump(stream, run, name, spec.lines)
+            if name == "output" and spec.output == "json":
+                await _pump_json(stream, run, JsonLines(run.label))
+            else:
+                await _pump(stream, run, name, spec.lines)
 
     process = await _spawn(run, spec)
     drained = False
@@ -294,6 +304,22 @@ async def _pump(stream: ByteReceiveStream, run: Run, name: StreamName, lines: bo
     tail = split.flush()
     if tail is not None:
         await run.append(name, tail)
+
+
+async def _pump_json(stream: ByteReceiveStream, run: Run, parse: JsonLines) -> None:
+    """``_pump`` for ``output="json"``: stdout's lines as data records, in order with the
+    error records of the lines that were not JSON."""
+    while True:
+        try:
+            chunk = await stream.receive(CHUNK)
+        except anyio.EndOfStream:
+            break
+        for name, values in parse.feed(chunk):
+            for value in values:  # one record each: a data record's size is its own
+                await run.append(name, value)
+    for name, values in parse.flush():
+        for value in values:
+            await run.append(name, value)
 
 
 async def _feed(

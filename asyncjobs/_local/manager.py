@@ -223,13 +223,15 @@ class JobManager:
         buffer: Buffer | None = None,
         stop_grace: float | None = None,
         lines: bool = True,
+        output: str = "text",
     ) -> Job:
         """Run an external program (Start-Job with a native command).
 
         ``command`` is an argv list (run directly) or a string (run by ``/bin/sh -c``). Stdout
         lines are output items, stderr lines error records; a non-zero exit fails the job with
         ``exit_status`` set. ``lines=False`` passes both through unsplit, as ``bytes`` chunks
-        (binary output, bulk data). A missing ``cwd`` raises here and creates no job.
+        (binary output, bulk data). ``output="json"``: each stdout line parsed as JSON into a
+        data record (docs/harness.md). A missing ``cwd`` raises here and creates no job.
         """
         tg = self._open_group()
         spec = _command.CommandSpec.build(
@@ -239,6 +241,7 @@ class JobManager:
             input=input,
             stop_grace=self.stop_grace if stop_grace is None else stop_grace,
             lines=lines,
+            output=output,
         )
         job = self._new_job(name, "BackgroundJob", spec.display, buffer)
         assert self._process_queue is not None

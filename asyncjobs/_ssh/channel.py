@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
-from typing import Final, final
+from collections.abc import Callable
+from typing import Any, Final, final
 
 import anyio
 import asyncssh
 import attrs
 
+from .._core.jsonlines import JsonLines, append_values_nowait
 from .._core.lines import Line, Splitter, splitter
 from .._core.log import RecordLog
 from .._core.models import StreamName
@@ -76,8 +79,14 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
         progress: CommandProgress,
         lines: bool,
         input: bytes | memoryview | None = None,
+        parse: JsonLines | None = None,
     ) -> None:
         self._log = log
+        #: ``output="json"``: stdout parsed into data records, appended one record each.
+        self._parse = parse
+        self._put: Callable[[StreamName, list[Any]], int] = log.append_lines_nowait
+        if parse is not None:
+            self._put = functools.partial(append_values_nowait, log)
         self._progress = progress
         self._lines = lines
         self._input = memoryview(input if input is not None else b"")
@@ -195,6 +204,10 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
         return head
 
     def _take(self, stream: StreamName, data: bytes) -> None:
+        if self._parse is not None and stream == "output":
+            for name, values in self._parse.feed(data):
+                self._append_lines(name, values)
+            return
         if self._lines:
             self._append_lines(stream, self._split[stream].feed(data))
             return
@@ -230,6 +243,8 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
             tail = split.flush()
             if tail is not None:
                 self._append(stream, tail)
+        for name, values in self._parse.flush() if self._parse is not None else ():
+            self._append_lines(name, values)
 
     def _append(self, stream: StreamName, item: Line) -> None:
         self._append_lines(stream, [item])
@@ -241,7 +256,7 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
             return
         if not self._backlog:
             try:
-                taken = self._log.append_lines_nowait(stream, items)
+                taken = self._put(stream, items)
             except Exception as exc:  # e.g. spilling failed (disk full)
                 self._fail(exc)
                 return
@@ -297,7 +312,7 @@ class CommandChannel(asyncssh.SSHClientSession[bytes]):
         """Append the backlog's first batch: what fits now, then one line once there is room
         (waiting), so that every line is appended exactly once even if the wait is cancelled."""
         stream, items = self._backlog[0]  # replaced as it shrinks: later batches queue behind
-        taken = self._log.append_lines_nowait(stream, items)
+        taken = self._put(stream, items)
         if taken < len(items):
             self._backlog[0] = (stream, items[taken:])
             await self._log.append(stream, items[taken])  # waits for room
