@@ -38,8 +38,10 @@ __all__ = [
     "AsyncJobsError",
     "Buffer",
     "BufferStatistics",
+    "ClockOffset",
     "CommandFailed",
     "ConnectionFailed",
+    "HostInfo",
     "HostJobInfo",
     "HostKeyError",
     "HostSession",
@@ -51,6 +53,7 @@ __all__ = [
     "JobStateError",
     "JobStatistics",
     "JobStopped",
+    "JsonLineError",
     "ManagerStatistics",
     "NoSuchJob",
     "Progress",
@@ -78,14 +81,17 @@ if TYPE_CHECKING:
     from ._core.context import progress as progress
     from ._core.context import stop_requested as stop_requested
     from ._core.job import Job as Job
+    from ._core.jsonlines import JsonLineError as JsonLineError
     from ._host.client import HostSession as HostSession
     from ._host.client import connect_local as connect_local
     from ._host.protocol import SessionInfo as SessionInfo
     from ._host.records import HostJobInfo as HostJobInfo
     from ._local.manager import JobManager as JobManager
+    from ._remote.clock import ClockOffset as ClockOffset
     from ._remote.connect import connect as connect
     from ._remote.connect import get_sessions as get_sessions
     from ._remote.fanout import to_jsonl as timings_jsonl
+    from ._remote.probe import HostInfo as HostInfo
     from ._remote.session import Session as Session
     from ._ssh.runner import RemoteTimings as RemoteTimings
 
@@ -108,6 +114,10 @@ _LAZY = {
     "HostSession": ("._host.client", "HostSession"),
     "HostJobInfo": ("._host.records", "HostJobInfo"),
     "SessionInfo": ("._host.protocol", "SessionInfo"),
+    # for benchmark harnesses (docs/harness.md)
+    "JsonLineError": ("._core.jsonlines", "JsonLineError"),
+    "ClockOffset": ("._remote.clock", "ClockOffset"),
+    "HostInfo": ("._remote.probe", "HostInfo"),
 }
 
 

@@ -12,6 +12,7 @@ import click
 from .._host.records import KINDS
 from .._version import __version__
 from ._boundary import describe, fail, run, run_on, say
+from ._harness import Harness, harness_options
 from ._hosts import HostSyntaxError
 from ._options import (
     COMMAND,
@@ -99,6 +100,7 @@ def cli() -> None:
     is_flag=True,
     help="Send this stdin to every host's command (read once, up to 8 MiB); else it gets EOF.",
 )
+@harness_options
 @ssh_options
 @common
 @click.argument("command", nargs=-1, required=True)
@@ -115,6 +117,9 @@ def invoke(
     fail_fast: bool,
     fold: bool,
     send_stdin: bool,
+    clock: bool,
+    parse: str | None,
+    probe: bool,
     command: tuple[str, ...],
     **ssh: Any,
 ) -> None:
@@ -130,6 +135,7 @@ def invoke(
       asyncjobs invoke -H web[01-12] --outdir logs -- journalctl -u nginx -n 100
       asyncjobs invoke -H @web -x web03 -o User=deploy -- systemctl is-active nginx
       asyncjobs invoke -H @failed -- ./deploy    # the hosts the last invoke failed on
+      asyncjobs invoke -H bench[1-8] --clock --probe --parse json -- ./bench --json
     """
     from ._invoke import out_dir, read_stdin, remote_only
 
@@ -147,6 +153,7 @@ def invoke(
             fail("invoke", exc)
             return
         remote_only(idle_timeout=idle_timeout, retries=retries, max_startups=max_startups)
+        remote_only(clock=clock, parse=parse, probe=probe)  # docs/harness.md
         data = read_stdin() if send_stdin else None
         run("invoke", invoke_local, command, timeout=timeout, folding=fold, input=data,
             prefix=not no_prefix, outdir=out_dir(outdir, fold, []))  # fmt: skip
@@ -177,6 +184,7 @@ def invoke(
         folding=fold,
         ssh_options=ssh_dict(ssh),
         input=data,
+        harness=Harness(clock, parse, probe),
     )
 
 

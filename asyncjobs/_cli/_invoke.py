@@ -32,6 +32,7 @@ import anyio
 from .._core.lines import LineSplitter
 from .._core.state import JobState
 from ._access import CLI_SESSION, Link, Where
+from ._harness import Harness
 from ._hosts import fold, target_text
 from ._jobs import command_arg
 from ._outdir import OutDir
@@ -314,6 +315,7 @@ async def invoke_remote(
     max_startups: int | None = None,
     prefix: bool = True,
     outdir: OutDir | None = None,
+    harness: Harness | None = None,
 ) -> None:
     """A fan-out (``JobManager.invoke``): a parent job with one child per host."""
     from .._core.models import Buffer
@@ -321,6 +323,8 @@ async def invoke_remote(
 
     output = Output(screen, result, fold=folding, prefix=prefix, outdir=outdir)
     t0 = time.monotonic()
+    harness = harness or Harness()
+    harness.check(screen)
     async with JobManager() as jobs:
         parent = await jobs.invoke(
             [target_text(t) for t in targets],
@@ -329,7 +333,7 @@ async def invoke_remote(
             on_failure="fail_fast" if fail_fast else "continue",
             timeout=timeout,
             buffer=Buffer(max_items=None, max_bytes=_host_buffer(len(targets)), mode="block"),
-            lines=False,
+            **harness.invoke_options(),  # lines=False (raw chunks) unless --parse
             input=input,
             retries=retries,
             idle_timeout=idle_timeout,
@@ -349,8 +353,9 @@ async def invoke_remote(
                     tg.start_soon(run_status, screen, lambda: _status_text(children, t0))
                     tg.start_soon(stop_on, interrupt)
                     async with anyio.create_task_group() as readers:
+                        follow = harness.follower(screen) if harness.parse else output.follow
                         for child in children:
-                            readers.start_soon(output.follow, child)
+                            readers.start_soon(follow, child)
                     tg.cancel_scope.cancel()
             finally:
                 BLOCKS.flush()
@@ -365,6 +370,7 @@ async def invoke_remote(
         result.exit_status = exit_code(parent.state, parent.exit_status)
     if interrupt.is_set():
         result.exit_status = INTERRUPTED
+    harness.print_facts(screen, children)
     if not screen.json:
         output.print_folded()
         _summary(screen, children, elapsed, interrupted=interrupt.is_set())

@@ -60,6 +60,10 @@ class Job(metaclass=NoPublicConstructor):
     _listeners: list[Callable[[Job], None]] = attrs.field(factory=list)
     #: Per-phase timings of a remote job (``RemoteTimings``), None for local jobs.
     timings: Any = None
+    #: ``invoke(clock=True)``: the host's clock against ours (``ClockOffset``), else None.
+    clock: Any = None
+    #: ``invoke(probe=True)``: what the host is (``HostInfo``), else None.
+    host_info: Any = None
     #: Set by the runner once it holds a slot and is starting the job.
     _runner_active: bool = False
     #: A parent's children by state, kept up to date as they change: deriving the parent's

@@ -272,6 +272,9 @@ class JobManager:
         input: str | bytes | None = None,
         max_startups: int | None = None,
         idle_timeout: float | None = None,
+        output: str = "text",
+        clock: bool = False,
+        probe: bool = False,
         **ssh_options: Any,
     ) -> Job:
         """Run ``command`` on every target (Invoke-Command -AsJob): a parent ``RemoteJob`` with
@@ -291,6 +294,8 @@ class JobManager:
         destination (address and port: sshd's ``MaxStartups`` drops more); ``max_startups``
         caps them over all targets too. Every other keyword is an asyncssh client option for
         the temporary connections.
+        Benchmarks (docs/harness.md): ``output="json"`` parses stdout lines as JSON; ``clock``
+        and ``probe`` set ``child.clock`` and ``child.host_info`` before the command.
         Needs asyncio (asyncssh); returns at once with the children scheduled.
         """
         from .._remote.fanout import start_invoke  # asyncssh: only for programs that invoke
@@ -314,6 +319,9 @@ class JobManager:
             input=input,
             max_startups=max_startups,
             idle_timeout=idle_timeout,
+            output=output,
+            clock=clock,
+            probe=probe,
         )
 
     def _new_job(

@@ -21,6 +21,7 @@ import attrs
 from .._core import checks
 from .._core.errors import ConnectionFailed, JobArgumentError, JobStopped
 from .._core.job import Job
+from .._core.jsonlines import check_output
 from .._core.lines import check_lines
 from .._core.models import Buffer
 from .._core.runner import Body, Run, run_in_slot
@@ -37,6 +38,7 @@ from .._ssh.config import check_files
 from .._ssh.runner import RemoteTimings, remote_input, run_remote, shell_command
 from .._ssh.session import ConnectTimings, SSHSession, open_connection, require_asyncio
 from .._ssh.targets import Target
+from .clock import check_before
 from .mirror import run_hosted
 from .session import Session
 
@@ -97,6 +99,9 @@ async def start_invoke(
     input: object = None,
     max_startups: int | None = None,
     idle_timeout: float | None = None,
+    output: object = "text",
+    clock: object = False,
+    probe: object = False,
 ) -> Job:
     """Make the parent and one child per target, and schedule every child under the throttle.
 
@@ -131,6 +136,7 @@ async def start_invoke(
             "lines=False is not available on a named session: its job host keeps output as "
             "lines; use an unnamed session (connect(host)) or a host string for raw bytes"
         )
+    harness = _harness(output, clock, probe, lines, parsed)
     text = shell_command(command)
     data = remote_input(input)
     children = [table.new_job(None, "RemoteJob", text, buffer, location=t.location) for t in parsed]
@@ -139,12 +145,28 @@ async def start_invoke(
     watch = _PolicyWatch(parent, policy, tg.start_soon)
     child = _Child(
         text, timeout, stop_grace, retries, max_channels, lines, ssh_options, data,
-        startups, idle_timeout,
+        startups, idle_timeout, *harness,
     )  # fmt: skip
     for job, target in zip(children, parsed, strict=True):
         watch_first(job, watch.child_changed)  # a stopped child's reason, before it is seen
         tg.start_soon(run_in_slot, job, throttle, child.body(target))
     return parent
+
+
+def _harness(
+    output: object, clock: object, probe: object, lines: bool, parsed: list[Target | Session]
+) -> tuple[bool, bool, bool]:
+    """``output="json"``, ``clock=`` and ``probe=`` checked: (json, clock, probe)."""
+    json_output = check_output(output, lines=lines) == "json"
+    for flag, value in (("clock", clock), ("probe", probe)):
+        if not isinstance(value, bool):
+            raise JobArgumentError(f"{flag} must be True or False, got {value!r}")
+    if json_output and any(isinstance(t, Session) and t.name for t in parsed):
+        raise JobArgumentError(
+            "output='json' is not available on a named session (its job host keeps the "
+            "output as lines); use an unnamed session (connect(host)) or a host string"
+        )
+    return json_output, clock is True, probe is True
 
 
 def _startups(value: object) -> anyio.CapacityLimiter | None:
@@ -217,9 +239,14 @@ class _Child:
     input: bytes | None
     startups: anyio.CapacityLimiter | None = None
     idle_timeout: float | None = None
+    json: bool = False  # output="json": stdout lines parsed as JSON (_core.jsonlines)
+    clock: bool = False  # measure the host's clock first (clock.py)
+    probe: bool = False  # probe the host's metadata first (probe.py)
 
     def body(self, target: Target | Session) -> Body:
         async def body(run: Run) -> None:
+            if isinstance(target, Session) and not await self._check(run, target):
+                return
             if isinstance(target, Session) and target.name is not None:
                 # A named session: the command runs on the host's job host, and this child
                 # mirrors its records, so a dropped link means DISCONNECTED, not lost.
@@ -231,6 +258,13 @@ class _Child:
 
         return body
 
+    async def _check(self, run: Run, session: SSHSession) -> bool:
+        """``clock=`` / ``probe=``: one channel on the open connection before the command
+        (``clock.check_before``); False if the host failed meanwhile."""
+        if not (self.clock or self.probe):
+            return True
+        return await check_before(run, session, probe=self.probe, clock=self.clock)
+
     async def _run(
         self,
         run: Run,
@@ -241,7 +275,7 @@ class _Child:
         await run_remote(
             run, session, self.command, timeout=self.timeout, stop_grace=self.stop_grace,
             connect=timings, attempts=attempts, lines=self.lines, input=self.input,
-            idle_timeout=self.idle_timeout,
+            idle_timeout=self.idle_timeout, json=self.json,
         )  # fmt: skip
 
     async def _connect_and_run(self, run: Run, target: Target) -> None:
@@ -264,7 +298,8 @@ class _Child:
             conn, target, max_channels=self.max_channels, timings=timings, options=self.options
         )
         async with session:
-            await self._run(run, session, timings, attempts[0])
+            if await self._check(run, session):
+                await self._run(run, session, timings, attempts[0])
 
 
 async def _connect(

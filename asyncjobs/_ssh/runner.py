@@ -21,6 +21,7 @@ import asyncssh
 import attrs
 
 from .._core.errors import CommandFailed, ConnectionFailed, JobArgumentError
+from .._core.jsonlines import JsonLines
 from .._core.lines import check_lines
 from .._core.log import RecordLog
 from .._core.runner import Run, run_alone
@@ -128,17 +129,21 @@ async def _open_channel(
     progress: CommandProgress,
     lines: bool,
     input: bytes | None = None,
+    json: bool = False,
 ) -> CommandChannel:
     """Open a channel running ``command`` into ``log``, ``input`` (then EOF) on its stdin; a
     refused channel is retried with backoff. A host that stops answering fails it after the
     session's ``channel_timeout`` (its ``connect_timeout``, 30 s by default), never hangs it."""
     delay = 0.05
     timeout = session.channel_timeout
+    parse = JsonLines(session.where) if json else None  # output="json"
     for attempt in range(_OPEN_RETRIES + 1):
         try:
             with map_ssh_errors(session.where, timeout=timeout), anyio.fail_after(timeout):
                 _, channel = await session.connection.create_session(
-                    lambda: CommandChannel(log, progress, lines, input), command, encoding=None
+                    lambda: CommandChannel(log, progress, lines, input, parse),
+                    command,
+                    encoding=None,
                 )
                 assert isinstance(channel, CommandChannel)
                 return channel
@@ -173,6 +178,7 @@ async def run_remote(
     lines: bool = True,
     input: bytes | None = None,
     idle_timeout: float | None = None,
+    json: bool = False,
 ) -> None:
     """The body of a remote command job on an open session (see ``run_in_slot``): ``input``
     (checked by ``remote_input``) goes to its stdin, then EOF. ``timeout`` bounds the whole
@@ -183,7 +189,7 @@ async def run_remote(
     job = run.job
     limits = _Limits(timeout, idle_timeout)
     try:
-        await _run(run, session, command, progress, limits, stop_grace, lines, input)
+        await _run(run, session, command, progress, limits, stop_grace, lines, input, json)
     finally:
         job.timings = RemoteTimings(
             location=job.location,
@@ -215,6 +221,7 @@ async def _run(
     stop_grace: float,
     lines: bool,
     input: bytes | None,
+    json: bool = False,
 ) -> None:
     where = session.where
     t0 = time.perf_counter()
@@ -225,7 +232,7 @@ async def _run(
 
     async with session.job_channel():
         wrapped = _wrapped(command)
-        channel = await _open_channel(session, wrapped, run.log, progress, lines, input)
+        channel = await _open_channel(session, wrapped, run.log, progress, lines, input, json)
         progress.channel_open = time.perf_counter() - t0
         progress.bytes_out += len(wrapped.encode())
         try:
