@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -249,3 +250,19 @@ def test_cli_harness_flags_need_hosts(home: operator.Home) -> None:
         run.error_line(flag, "-H")
     run = home.run("invoke", "--parse", "yaml", "-H", "web01", "--", "true")
     assert run.rc == 2 and "'yaml' is not 'json'" in run.err
+
+
+def test_cli_parse_json_without_hosts(home: operator.Home, hostdir: Path) -> None:
+    """Without -H the command runs on this machine's job host; its lines are parsed here."""
+    run = home.run(
+        "invoke", "--parse", "json", "--", "printf", "%s\\n", '{"ops": 3}', "oops", "7"
+    )  # fmt: skip
+    assert run.rc == 0, run
+    rows = [json.loads(line) for line in run.out.splitlines()]
+    host = rows[0]["host"]
+    assert rows == [
+        {"host": host, "data": {"ops": 3}},
+        {"host": host, "error": rows[1]["error"], "lineno": 2, "line": "oops"},
+        {"host": host, "data": 7},
+    ]
+    assert "stdout line 2 is not JSON" in rows[1]["error"]

@@ -153,10 +153,11 @@ def invoke(
             fail("invoke", exc)
             return
         remote_only(idle_timeout=idle_timeout, retries=retries, max_startups=max_startups)
-        remote_only(clock=clock, parse=parse, probe=probe)  # docs/harness.md
+        remote_only(clock=clock, probe=probe)  # docs/harness.md
         data = read_stdin() if send_stdin else None
         run("invoke", invoke_local, command, timeout=timeout, folding=fold, input=data,
-            prefix=not no_prefix, outdir=out_dir(outdir, fold, []))  # fmt: skip
+            prefix=not no_prefix, outdir=out_dir(outdir, fold, []),
+            harness=Harness(parse=parse))  # fmt: skip
         return
     try:
         chosen = targets_of(hosts, hostfile, ssh)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import click
 
+from .._core.jsonlines import JsonLines
+from .._core.models import Record
 from ._terminal import BLOCKS, Screen, tag_bytes
 
 if TYPE_CHECKING:
@@ -86,6 +88,26 @@ class Harness:
                 BLOCKS.add(out, (json.dumps(row) + "\n").encode())
 
         return follow
+
+    def local_printer(self, screen: Screen) -> Callable[[Record], None]:
+        """``--parse json`` without ``-H``: the job host's lines parsed here, as they come
+        (a line over 1 MiB reaches us in pieces, ``MAX_LINE``: each piece an error row)."""
+        parsers: dict[str, JsonLines] = {}
+
+        def show(record: Record) -> None:
+            host, value = record.location, record.value
+            if record.stream != "output" or not isinstance(value, str | bytes):
+                screen.record(record, tag=host)
+                return
+            parse = parsers.setdefault(host, JsonLines(f"job on {host}"))
+            data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+            for stream, values in parse.feed(data + b"\n"):
+                for item in values:
+                    row = {"host": host}
+                    row |= {"data": item} if stream == "output" else item.to_dict()
+                    BLOCKS.add(screen.out, (json.dumps(row) + "\n").encode())
+
+        return show
 
     def print_facts(self, screen: Screen, children: Sequence[Job]) -> None:
         """What ``--clock`` and ``--probe`` found, per host."""

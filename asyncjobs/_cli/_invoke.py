@@ -395,10 +395,14 @@ async def invoke_local(
     input: bytes | None = None,
     prefix: bool = True,
     outdir: OutDir | None = None,
+    harness: Harness | None = None,
 ) -> None:
     """Invoke-Command without a host: the command runs on this machine's job host, its
     output is followed, and the job is removed once it is received."""
     output = Output(screen, result, fold=folding, prefix=prefix, outdir=outdir)
+    harness = harness or Harness()
+    harness.check(screen)
+    show = harness.local_printer(screen) if harness.parse else output.local  # --parse json
     host = Link(Where())
     t0 = time.monotonic()
     import os
@@ -425,7 +429,7 @@ async def invoke_local(
 
                         tg.start_soon(cancel_on, interrupt)
                         async for record in s.jobs.stream_records(info.id, streams=None):
-                            output.local(record)
+                            show(record)
                     tg.cancel_scope.cancel()
             finally:
                 output.close()
