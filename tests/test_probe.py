@@ -6,6 +6,7 @@ finds here (``os.uname``, ``/proc/meminfo``, ``os.cpu_count``, ``/usr/bin/python
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -139,3 +140,22 @@ def test_probe_lines_are_parsed_as_data() -> None:
     )
     assert HostInfo.from_lines([]) == HostInfo()
     assert HostInfo.from_lines(["load_average=1 2 3"]).load_average == (1.0, 2.0, 3.0)
+
+
+@on_hosts
+async def test_timings_jsonl_carries_clock_and_host_info(ssh_hosts: TestHosts) -> None:
+    async with asyncjobs.JobManager() as jobs:
+        parent = await jobs.invoke(
+            ssh_hosts.targets[:2], "true", probe=True, clock=True, **ssh_hosts.ssh_options()
+        )
+        await parent
+        plain = await jobs.invoke(ssh_hosts.targets[0], "true", **ssh_hosts.ssh_options())
+        await plain
+    rows = [json.loads(line) for line in asyncjobs.timings_jsonl(parent).splitlines()]
+    assert len(rows) == 2
+    for row, child in zip(rows, parent.children, strict=True):
+        assert child.clock is not None and child.host_info is not None
+        assert row["clock"] == child.clock.to_dict()
+        assert row["host_info"] == child.host_info.to_dict()
+    [row] = [json.loads(line) for line in asyncjobs.timings_jsonl(plain).splitlines()]
+    assert "clock" not in row and "host_info" not in row

@@ -44,13 +44,16 @@ from .session import Session
 
 
 def to_jsonl(job: Job) -> str:
-    """The timings of a fan-out's children (or of one remote job) as JSON lines."""
+    """The timings of a fan-out's children (or of one remote job) as JSON lines, with
+    ``clock`` and ``host_info`` when ``invoke(clock=True, probe=True)`` measured them."""
     rows = []
     for child in job.children or (job,):
         timings = child.timings
         if isinstance(timings, RemoteTimings):
             row = {"job_id": child.id, "state": child.state.value, "exit_status": child.exit_status}
-            rows.append(json.dumps(row | timings.to_dict()))
+            found = {"clock": child.clock, "host_info": child.host_info}
+            harness = {k: v.to_dict() for k, v in found.items() if v is not None}
+            rows.append(json.dumps(row | timings.to_dict() | harness))
     return "\n".join(rows) + ("\n" if rows else "")
 
 
