@@ -207,7 +207,10 @@ def bench_invoke(repeats: int, count: int) -> str:
     with start_hosts(count) as hosts:
         addresses = ",".join(f"{h.address}:{h.port}" for h in hosts.hosts)
         options = ssh_options(hosts)
-        cli = [*cli_argv(), "invoke", "-H", addresses, *cli_ssh_flags(hosts), "--", COMMAND]
+        # --no-persist: this compares connecting from the CLI with the API (bench_warm.py
+        # measures invoke on the job host's held connections).
+        cli = [*cli_argv(), "invoke", "--no-persist", "-H", addresses, *cli_ssh_flags(hosts)]
+        cli += ["--", COMMAND]
         api = [sys.executable, "-c", API_SCRIPT, json.dumps(options), ",".join(hosts.targets)]
         api.append(COMMAND)
         timed(cli, env)  # warm-up: the page cache, sshd's first connections

@@ -32,12 +32,14 @@ from asyncjobs._host.client import connect_local
 from tests.conftest import host_pid, pid_alive
 from tests.testhosts import TestHosts
 
-DOC_KEYS = {"schema", "command", "ok", "exit_status", "jobs", "records", "sessions", "error"}
+DOC_KEYS = {
+    "schema", "command", "ok", "exit_status", "jobs", "records", "sessions", "failures", "error",
+}  # fmt: skip
 JOB_KEYS = {
     "id", "name", "kind", "state", "has_more_data", "location", "command", "session", "reason",
-    "exit_status", "started_at", "finished_at", "children",
+    "exit_status", "started_at", "finished_at", "children", "host",
 }  # fmt: skip
-RECORD_KEYS = {"job_id", "seq", "stream", "value", "location", "time"}
+RECORD_KEYS = {"job_id", "seq", "stream", "value", "location", "time", "host"}
 HEADER = "Id  Name  Kind           State"
 
 
@@ -215,7 +217,8 @@ def test_errors_are_one_line_with_the_fix(hostdir: Path) -> None:
     assert ranges.rc == 2
     ranges_json = cli("invoke", "-H", "web[3-1]", "--json", "--", "true").doc()
     assert ranges_json["error"]["type"] == "HostSyntaxError"
-    one_error_line(cli("get", "-H", "a,b"), "names 2 hosts", "asyncjobs invoke")
+    many = cli("get", "-H", "127.0.0.1:1,127.0.0.1:2", "-F", "none")  # a row each: test_cli_many
+    assert many.rc == 1 and "2 hosts: 2 failed" in many.err and "Traceback" not in many.err
     down = cli("get", "-H", "127.0.0.1:1", "-F", "none")  # nobody listens on port 1
     one_error_line(down, "host ", "@127.0.0.1:1: connection refused", "is sshd listening")
     one_error_line(cli("invoke", "--hostfile", "/nonexistent", "--", "true"), "/nonexistent")

@@ -295,6 +295,27 @@ VALID: Final[dict[tuple[str, str], st.SearchStrategy[Any]]] = {
         max_size=3,
     ),
     ("invoke_hosts", "job"): st.none() | JOB,
+    # Warm invokes connect for real: only to loopback ports nothing listens on (port 1).
+    ("warm_invoke", "targets"): st.lists(
+        st.sampled_from(["127.0.0.1:1", "u@127.0.0.2:1", "[::1]:1"]), min_size=1, max_size=3
+    ),
+    ("warm_invoke", "command"): st.sampled_from(["true", "", "exit 3"]),
+    ("warm_invoke", "options"): st.sampled_from(
+        [{}, {"connect_timeout": 0.5}, {"nope": 1}, {"known_hosts": None}]
+    ),
+    ("warm_invoke", "throttle"): st.integers(0, 4),
+    ("warm_invoke", "timeout"): SECONDS,
+    ("warm_invoke", "idle_timeout"): SECONDS,
+    ("warm_invoke", "retries"): st.integers(-1, 2),
+    ("warm_invoke", "max_startups"): st.none() | st.integers(0, 3),
+    ("warm_invoke", "input"): st.none() | BYTES_TAG,
+    ("warm_invoke", "fail_fast"): st.booleans(),
+    ("warm_invoke", "persist"): st.floats(-1, 2, allow_nan=False),
+    ("warm_invoke", "host_buffer"): st.integers(0, 1 << 20),
+    ("warm_events", "run"): JOB,
+    ("warm_events", "wait"): SECONDS,
+    ("warm_events", "paused"): st.lists(st.integers(-1, 40), max_size=4),
+    ("warm_stop", "run"): JOB,
 }
 _UNSAFE_OPS: Final = frozenset({"stop", "remove"})
 
@@ -312,6 +333,8 @@ def request_frames(draw: st.DrawFn) -> tuple[str, bytes]:
     args: dict[str, Any] = {}
     for field in ARGS.get(op, {}):
         how = draw(st.sampled_from(["valid"] * 6 + ["missing", "junk"]))
+        if (op, field) == ("warm_invoke", "targets"):
+            how = "valid"  # never a junk host name: a fuzzer's traffic stays on loopback
         if how == "valid":
             args[field] = draw(VALID.get((op, field), junk))  # see the test above
         elif how == "junk":

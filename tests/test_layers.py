@@ -44,7 +44,11 @@ RANKS = {
     "asyncjobs.testing": 8,  # public test hosts: the facade at most, see test_testing_is_apart
 }
 #: (importer, imported): the lazy upward imports allowed, each inside a function.
-LAZY_UPWARD = {("asyncjobs._local.manager", "asyncjobs._remote.fanout")}
+LAZY_UPWARD = {
+    ("asyncjobs._local.remote", "asyncjobs._remote.fanout"),  # invoke's default engine
+    ("asyncjobs._local.remote", "asyncjobs._remote.pool"),  # invoke(persist=)'s connections
+    ("asyncjobs._local.remote", "asyncjobs._remote.transfer"),  # copy and gather
+}
 #: Third-party packages only some rooms may import.
 ONLY_IN = {"asyncssh": {"asyncjobs._ssh", "asyncjobs._remote", "asyncjobs._cli"}}
 

@@ -378,6 +378,9 @@ def test_requests_of_every_op_round_trip_with_defaults_filled() -> None:
             "hosts": [{"host": "web01", "state": "Completed", "exit_status": 0},
                       {"host": "ops@web02:2222", "state": "Failed"}],
         },
+        "warm_invoke": {"targets": ["web01"], "command": "true", "options": {}},
+        "warm_events": {"run": 1},
+        "warm_stop": {"run": 1},
     }  # fmt: skip
     for i, op in enumerate(OPS, start=1):
         args = minimal.get(op.name, {})

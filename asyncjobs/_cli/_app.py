@@ -12,8 +12,11 @@ import click
 from .._host.records import KINDS
 from .._version import __version__
 from ._boundary import describe, fail, run, run_on, say
+from ._copy import copy as copy_command
+from ._copy import gather as gather_command
 from ._harness import Harness, harness_options
 from ._hosts import HostSyntaxError
+from ._many import job_hosts, run_jobs
 from ._options import (
     COMMAND,
     HOSTS_HELP,
@@ -100,6 +103,26 @@ def cli() -> None:
     is_flag=True,
     help="Send this stdin to every host's command (read once, up to 8 MiB); else it gets EOF.",
 )
+@click.option(
+    "--persist",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="S",
+    help="Keep the SSH connections open S s (default 60) in your local job host; the next "
+    "invoke to those hosts reuses them.",
+)
+@click.option(
+    "--no-persist",
+    is_flag=True,
+    help="Connect from here and close at the end (ASYNCJOBS_PERSIST=0).",
+)
+@click.option("--sudo", is_flag=True, help="Run the command through sudo on every host (as root).")
+@click.option("--sudo-user", metavar="USER", help="With --sudo: run it as USER (sudo -u USER).")
+@click.option(
+    "--ask-pass",
+    is_flag=True,
+    help="With --sudo: ask for sudo's password once (no echo) and answer sudo with it on every "
+    "host; without it sudo must not ask (NOPASSWD).",
+)
 @harness_options
 @ssh_options
 @common
@@ -117,6 +140,11 @@ def invoke(
     fail_fast: bool,
     fold: bool,
     send_stdin: bool,
+    persist: float | None,
+    no_persist: bool,
+    sudo: bool,
+    sudo_user: str | None,
+    ask_pass: bool,
     clock: bool,
     parse: str | None,
     probe: bool,
@@ -135,9 +163,13 @@ def invoke(
       asyncjobs invoke -H web[01-12] --outdir logs -- journalctl -u nginx -n 100
       asyncjobs invoke -H @web -x web03 -o User=deploy -- systemctl is-active nginx
       asyncjobs invoke -H @failed -- ./deploy    # the hosts the last invoke failed on
+      asyncjobs invoke -H web[01-04] --sudo --ask-pass -- systemctl restart nginx
+      asyncjobs invoke -H db1 --sudo --sudo-user postgres -- psql -c 'select 1'
+      asyncjobs invoke -H web[01-32] --persist 600 -- true   # the next one starts warm
       asyncjobs invoke -H bench[1-8] --clock --probe --parse json -- ./bench --json
     """
-    from ._invoke import out_dir, read_stdin, remote_only
+    from ._invoke import ask_password, become_of, out_dir, read_stdin, remote_only
+    from ._warm import persist_of
 
     if send_stdin and "-" in {h.strip() for h in hosts} | set(hostfile):
         raise click.BadParameter(
@@ -152,7 +184,8 @@ def invoke(
         except HostSyntaxError as exc:
             fail("invoke", exc)
             return
-        remote_only(idle_timeout=idle_timeout, retries=retries, max_startups=max_startups)
+        remote_only(idle_timeout=idle_timeout, retries=retries, max_startups=max_startups,
+                    sudo=sudo, sudo_user=sudo_user, ask_pass=ask_pass, persist=persist)  # fmt: skip
         remote_only(clock=clock, probe=probe)  # docs/harness.md
         data = read_stdin() if send_stdin else None
         run("invoke", invoke_local, command, timeout=timeout, folding=fold, input=data,
@@ -166,8 +199,10 @@ def invoke(
         return
     from ._invoke import invoke_remote
 
+    become = become_of(sudo, sudo_user, ask_pass)
     data = read_stdin() if send_stdin else None
     files = out_dir(outdir, fold, [t.location for t in chosen])  # as the children name them
+    password = ask_password(chosen) if ask_pass else None  # last: every usage error first
 
     run(
         "invoke",
@@ -185,6 +220,9 @@ def invoke(
         folding=fold,
         ssh_options=ssh_dict(ssh),
         input=data,
+        become=become,
+        become_password=password,
+        persist=persist_of(persist, no_persist),
         harness=Harness(clock, parse, probe),
     )
 
@@ -200,7 +238,7 @@ def invoke(
     metavar="K=V",
     help="Set K to V for it (repeatable), over this environment (with -H: the host's).",
 )
-@host_option
+@job_hosts
 @ssh_options
 @common
 @click.argument("command", nargs=-1, required=True)
@@ -209,26 +247,27 @@ def start(
     session: str | None,
     cwd: str | None,
     env: tuple[str, ...],
-    host: str | None,
     command: tuple[str, ...],
     **ssh: Any,
 ) -> None:
     """Start a job and return at once (Start-Job); prints the job.
 
     One word is a shell command line, more are a program and its arguments. It runs here,
-    with this environment, as nohup would (with -H: as ssh would run it there).
+    with this environment, as nohup would (with -H: as ssh would run it there). With -H
+    HOSTS, a job on each host's job host (a table with a Host column).
 
     \b
       asyncjobs start --name build -- make -j8
       asyncjobs start -- 'sleep 60; echo done'
+      asyncjobs start -H web[01-04] --name deploy -- ./deploy.sh
     """
     from ._jobs import env_overrides, job_directory
     from ._jobs import start as body
 
     overrides = env_overrides(env)
-    directory = job_directory(cwd, remote=host is not None)
-    run_on("start", body, host, ssh, command, name=name, session=session, cwd=directory,
-           env=overrides)  # fmt: skip
+    directory = job_directory(cwd, remote=bool(ssh["hosts"] or ssh["hostfile"]))
+    run_jobs("start", body, ssh, command, name=name, session=session, cwd=directory,
+             env=overrides)  # fmt: skip
 
 
 @cli.command()
@@ -241,50 +280,70 @@ def start(
     type=click.Choice(KINDS),
     help="Only jobs of this kind (RemoteJob: the invokes recorded for -H @failed / @last).",
 )
-@host_option
+@job_hosts
 @ssh_options
 @common
-def get(
-    name: str | None, state: str | None, kind: str | None, host: str | None, **ssh: Any
-) -> None:
-    """List the jobs of the job host (Get-Job).
+def get(name: str | None, state: str | None, kind: str | None, **ssh: Any) -> None:
+    """List the jobs of the job host (Get-Job); with -H HOSTS, of each host's.
 
     \b
       asyncjobs get
       asyncjobs get --state failed --name 'build-*'
       asyncjobs get --kind RemoteJob
       asyncjobs get -H @build --json
+      asyncjobs get -H web[01-04] --name deploy
     """
     from ._jobs import get as body
 
-    run_on("get", body, host, ssh, name=name, state=state, kind=kind)
+    run_jobs("get", body, ssh, name=name, state=state, kind=kind)
 
 
 @cli.command()
+@click.option("--name", "-n", metavar="PATTERN", help="The jobs whose name matches, not IDs.")
+@click.option(
+    "--from",
+    "from_seq",
+    type=click.IntRange(min=0),
+    metavar="SEQ",
+    help="Every record from SEQ on, received or not; consumes nothing.",
+)
 @click.option("--keep", is_flag=True, help="Leave the records there for the next receive.")
 @click.option(
     "--wait", is_flag=True, help="Follow the job until it is finished; exit with its status."
 )
-@host_option
+@job_hosts
 @ssh_options
 @common
-@click.argument("job_id", metavar="ID", type=int)
-def receive(job_id: int, keep: bool, wait: bool, host: str | None, **ssh: Any) -> None:
+@click.argument("job_ids", metavar="ID...", type=int, nargs=-1)
+def receive(
+    job_ids: tuple[int, ...],
+    name: str | None,
+    from_seq: int | None,
+    keep: bool,
+    wait: bool,
+    **ssh: Any,
+) -> None:
     """Print the output of job ID not yet received (Receive-Job).
 
-    Output goes to stdout, errors and other streams to stderr.
+    Output goes to stdout, errors and other streams to stderr. --from SEQ reads from a
+    position (a record's seq) and consumes nothing. With -H HOSTS, from each host's job
+    ID (or --name), each line tagged with its host.
 
     \b
       asyncjobs receive 3
       asyncjobs receive 3 --wait          # follow it to the end; exit with its status
       asyncjobs receive 3 --keep -H build1
+      asyncjobs receive 3 --from 100      # again from record 100, consuming nothing
+      asyncjobs receive --name deploy -H web[01-04] --wait
     """
     from ._jobs import receive as body
 
-    run_on("receive", body, host, ssh, job_id, keep=keep, wait=wait)
+    run_jobs("receive", body, ssh, job_ids, name=name, keep=keep, wait=wait, from_seq=from_seq,
+             table=False, pick={"name": name})  # fmt: skip
 
 
 @cli.command()
+@click.option("--name", "-n", metavar="PATTERN", help="The jobs whose name matches, not IDs.")
 @click.option("--any", "any_", is_flag=True, help="Return when one of the jobs is finished.")
 @click.option(
     "--timeout",
@@ -292,57 +351,86 @@ def receive(job_id: int, keep: bool, wait: bool, host: str | None, **ssh: Any) -
     metavar="S",
     help="Give up after S seconds (exit status 124).",
 )
-@host_option
+@job_hosts
 @ssh_options
 @common
-@click.argument("job_ids", metavar="ID...", type=int, nargs=-1, required=True)
+@click.argument("job_ids", metavar="ID...", type=int, nargs=-1)
 def wait(
-    job_ids: tuple[int, ...], any_: bool, timeout: float | None, host: str | None, **ssh: Any
+    job_ids: tuple[int, ...],
+    name: str | None,
+    any_: bool,
+    timeout: float | None,
+    **ssh: Any,
 ) -> None:
     """Wait until jobs are finished (Wait-Job); prints the finished ones.
 
     \b
       asyncjobs wait 3 4 5
       asyncjobs wait 3 4 --any --timeout 60   # exit status 124 if none finishes in time
+      asyncjobs wait --name deploy -H web[01-04] --timeout 600
     """
     from ._jobs import wait as body
 
-    run_on("wait", body, host, ssh, job_ids, any=any_, timeout=timeout)
+    run_jobs("wait", body, ssh, job_ids, name=name, any=any_, timeout=timeout,
+             first_wins=any_, pick={"name": name})  # fmt: skip
 
 
 @cli.command()
-@host_option
+@click.option("--name", "-n", metavar="PATTERN", help="The jobs whose name matches, not IDs.")
+@job_hosts
 @ssh_options
 @common
-@click.argument("job_ids", metavar="ID...", type=int, nargs=-1, required=True)
-def stop(job_ids: tuple[int, ...], host: str | None, **ssh: Any) -> None:
+@click.argument("job_ids", metavar="ID...", type=int, nargs=-1)
+def stop(job_ids: tuple[int, ...], name: str | None, **ssh: Any) -> None:
     """Stop the jobs (Stop-Job); prints them once they are stopped.
+
+    An ID that is not there is reported (exit status 1); the other jobs are stopped.
 
     \b
       asyncjobs stop 3
       asyncjobs stop 3 4 -H build1
+      asyncjobs stop --name deploy -H web[01-04]
     """
     from ._jobs import stop as body
 
-    run_on("stop", body, host, ssh, job_ids)
+    run_jobs("stop", body, ssh, job_ids, name=name, pick={"name": name})
 
 
 @cli.command()
 @click.option("--force", "-f", is_flag=True, help="Stop running jobs first.")
-@host_option
+@click.option(
+    "--state",
+    type=click.Choice(STATES, case_sensitive=False),
+    help="Every job in this state, not IDs.",
+)
+@click.option("--name", "-n", metavar="PATTERN", help="Every job whose name matches, not IDs.")
+@job_hosts
 @ssh_options
 @common
-@click.argument("job_ids", metavar="ID...", type=int, nargs=-1, required=True)
-def remove(job_ids: tuple[int, ...], force: bool, host: str | None, **ssh: Any) -> None:
+@click.argument("job_ids", metavar="ID...", type=int, nargs=-1)
+def remove(
+    job_ids: tuple[int, ...],
+    force: bool,
+    state: str | None,
+    name: str | None,
+    **ssh: Any,
+) -> None:
     """Delete jobs and their output (Remove-Job); a running job needs --force.
+
+    --state and --name pick the jobs (both: jobs that match both; none matching is no
+    error). An ID that is not there, or a running job without --force, is reported (exit
+    status 1); the other jobs are removed.
 
     \b
       asyncjobs remove 3 4
       asyncjobs remove 5 --force          # stop it first
+      asyncjobs remove --state completed
+      asyncjobs remove --name 'bench-*' -H web[01-04]
     """
     from ._jobs import remove as body
 
-    run_on("remove", body, host, ssh, job_ids, force=force)
+    run_jobs("remove", body, ssh, job_ids, force=force, name=name, state=state, table=False,
+             pick={"state": state, "name": name})  # fmt: skip
 
 
 @cli.command()
@@ -383,9 +471,14 @@ def enter(host: str, **ssh: Any) -> None:
     run_on("enter", shell, host, ssh)
 
 
+# copy and gather (help with examples, options, bodies): _copy
+cli.add_command(copy_command, "copy")
+cli.add_command(gather_command, "gather")
+
+
 @cli.group()
 def session() -> None:
-    """Sessions of a job host: list, connect, disconnect (*-PSSession).
+    """Sessions of a job host: list, connect, disconnect, remove (*-PSSession).
 
     \b
       asyncjobs session list
@@ -395,15 +488,28 @@ def session() -> None:
 
 @session.command("list")
 @host_option
+@click.option(
+    "--connections", is_flag=True, help="The SSH connections your job host holds (--persist)."
+)
 @ssh_options
 @common
-def session_list(host: str | None, **ssh: Any) -> None:
+def session_list(host: str | None, connections: bool, **ssh: Any) -> None:
     """List the sessions of the job host (Get-PSSession).
 
     \b
       asyncjobs session list
       asyncjobs session list -H build1 --json
+      asyncjobs session list --connections   # what invoke --persist keeps open
     """
+    if connections:
+        if host:
+            raise click.BadParameter(
+                "held connections live in your local job host: drop -H", param_hint="'-H'"
+            )
+        from ._warm import list_connections
+
+        run("session list", list_connections)
+        return
     from ._jobs import session_list as body
 
     run_on("session list", body, host, ssh)
@@ -441,6 +547,26 @@ def session_disconnect(name: str, host: str | None, **ssh: Any) -> None:
     from ._jobs import session_disconnect as body
 
     run_on("session disconnect", body, host, ssh, name)
+
+
+@session.command("remove")
+@host_option
+@ssh_options
+@common
+@click.argument("name", metavar="NAME")
+def session_remove(name: str, host: str | None, **ssh: Any) -> None:
+    """Close session NAME, its running jobs stopped (Remove-PSSession).
+
+    Its jobs stay on the job host (get, receive and remove them); an unknown NAME is an
+    error that lists the sessions. Prints nothing.
+
+    \b
+      asyncjobs session remove nightly
+      asyncjobs session remove nightly -H build1
+    """
+    from ._jobs import session_remove as body
+
+    run_on("session remove", body, host, ssh, name)
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,6 @@ Without ``-H`` the command runs on this machine's job host.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,8 +44,11 @@ from ._output import (
     local_job_json,
     record_json,
 )
+from ._summary import SUMMARY_COLUMNS as SUMMARY_COLUMNS
+from ._summary import reason_key as reason_key
+from ._summary import summary as _summary
+from ._summary import summary_rows as _summary_rows
 from ._terminal import BLOCKS, Screen, run_status, state_counts, tag_bytes
-from ._text import cli_message
 
 if TYPE_CHECKING:
     from .._core.job import Job
@@ -54,7 +56,6 @@ if TYPE_CHECKING:
     from .._ssh.targets import Target
 
 _RULE = "-" * 15
-SUMMARY_COLUMNS = ("Hosts", "Count", "State", "ExitStatus", "Reason")
 #: The status line names the hosts still waited for when there are at most this many.
 NAMED_HOSTS = 5
 #: What a host's output may hold in memory here before the host is made to wait (SSH flow
@@ -126,6 +127,63 @@ def remote_only(**flags: object) -> None:
                 "command runs on this machine's job host)",
                 param_hint=f"'{flag}'",
             )
+
+
+def become_of(sudo: bool, user: str | None, ask_pass: bool) -> bool | str | None:
+    """``--sudo [--sudo-user U] [--ask-pass]`` as ``invoke``'s ``become=``."""
+    import click
+
+    if not sudo:
+        for flag, value in (("--sudo-user", user), ("--ask-pass", ask_pass)):
+            if value:
+                raise click.BadParameter(
+                    f"{flag} is about sudo: give --sudo too", param_hint=f"'{flag}'"
+                )
+        return None
+    if user is not None:
+        from .._ssh.become import make_become
+
+        try:
+            make_become(user, None)
+        except ValueError:
+            raise click.BadParameter(
+                f"{user!r} is not a user name for sudo -u (no spaces, no leading '-')",
+                param_hint="'--sudo-user'",
+            ) from None
+        return user
+    return True
+
+
+def ask_password(targets: Sequence[Target]) -> str:
+    """``--ask-pass``: sudo's password, read once on the terminal without echo (getpass:
+    ``/dev/tty``, else a terminal on stdin); a usage error if there is no terminal to ask on.
+    It goes to ``invoke``'s ``become_password=`` and nowhere else."""
+    import getpass
+    import os
+    import sys
+    import warnings
+
+    import click
+
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise click.BadParameter(
+                "there is no terminal to ask on (no /dev/tty, stdin is not one); run it from a "
+                "terminal, or give the hosts a NOPASSWD sudoers rule and drop --ask-pass",
+                param_hint="'--ask-pass'",
+            ) from None
+    hosts = fold([t.location for t in targets])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", getpass.GetPassWarning)  # never with echo
+        try:
+            return getpass.getpass(f"[sudo] password on {hosts}: ")
+        except getpass.GetPassWarning:
+            raise click.BadParameter(
+                "can't turn echo off on this terminal to ask for the password",
+                param_hint="'--ask-pass'",
+            ) from None
 
 
 class _Host:
@@ -315,17 +373,34 @@ async def invoke_remote(
     max_startups: int | None = None,
     prefix: bool = True,
     outdir: OutDir | None = None,
+    become: bool | str | None = None,
+    become_password: str | None = None,
+    persist: float | None = None,
     harness: Harness | None = None,
 ) -> None:
-    """A fan-out (``JobManager.invoke``): a parent job with one child per host."""
+    """A fan-out (``JobManager.invoke``): a parent job with one child per host; ``become``
+    and ``become_password``: through sudo (``--sudo``, ``--ask-pass``). ``persist``: run it
+    on the local job host's held connections (``_remote.warm``), kept that long after."""
+    from contextlib import AsyncExitStack
+
     from .._core.models import Buffer
     from .._local.manager import JobManager
+    from ._warm import for_the_job_host, warm_engine
 
     output = Output(screen, result, fold=folding, prefix=prefix, outdir=outdir)
     t0 = time.monotonic()
-    harness = harness or Harness()
-    harness.check(screen)
-    async with JobManager() as jobs:
+    async with AsyncExitStack() as stack:
+        engine = None
+        harness = harness or Harness()
+        harness.check(screen)
+        if harness != Harness():  # --clock, --parse json, --probe: measured from here
+            persist = None
+        if persist is not None and not become:  # sudo's password never goes to the job host
+            # Entered first, left last: the link outlives the children that mirror its run.
+            engine = await warm_engine(screen, stack, persist)
+            if engine is not None:
+                ssh_options = for_the_job_host(ssh_options)
+        jobs = await stack.enter_async_context(JobManager())
         parent = await jobs.invoke(
             [target_text(t) for t in targets],
             command_arg(argv),
@@ -338,6 +413,9 @@ async def invoke_remote(
             retries=retries,
             idle_timeout=idle_timeout,
             max_startups=max_startups,
+            become=become,
+            become_password=become_password,
+            engine=engine,
             **ssh_options,
         )
         children = parent.children
@@ -470,107 +548,3 @@ def _status_text(children: Sequence[Job], t0: float) -> str:
         names = " ".join(waiting) if len(waiting) <= NAMED_HOSTS else fold(waiting)
         text += f"  waiting for {names}"
     return text
-
-
-# -- the summary ------------------------------------------------------------------------------
-
-#: The host a reason begins with, as the remote runner writes it: ``host web01:22: ...`` or
-#: ``host web01 (ops@10.0.0.1:2222): ...``.
-_WHERE = re.compile(r"host (\S+?)(?: \(([^()]*)\))?: ")
-
-
-def _names(where: str) -> tuple[set[str], set[str]]:
-    """The names (``user@host:port``, ``host:port``, ``host``) and port of a host as written."""
-    names = {where}
-    ports: set[str] = set()
-    rest, colon, port = where.rpartition(":")
-    if colon and port.isdigit() and (not rest.startswith("[") or rest.endswith("]")):
-        names.add(rest)
-        ports.add(port)
-        where = rest
-    _, at, bare = where.rpartition("@")
-    if at:
-        names.add(bare)
-    names.add(bare.strip("[]"))
-    names.discard("")
-    return names, ports
-
-
-def reason_key(location: str, reason: str | None, command: str = "") -> tuple[str, str]:
-    """A reason for grouping hosts: without the ``host X: `` it begins with, and with every
-    other mention of the host's own name, user, address or port as ``<host>`` / ``<port>``
-    (the key; the ``command``, quoted as the reason quotes it, is left as it is); and as shown
-    for that host alone (the reason without its beginning)."""
-    if not reason:
-        return "", ""
-    names, ports = _names(location)
-    text = reason
-    where = _WHERE.match(text)
-    if where is not None:
-        text = text[where.end() :]
-        for spelled in where.groups():
-            if spelled:
-                more_names, more_ports = _names(spelled)
-                names |= more_names
-                ports |= more_ports
-    quoted = repr(command) if command else None
-    pieces = text.split(quoted) if quoted else [text]
-    if names:
-        spelled = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-        host = re.compile(rf"(?<![\w.@-])(?:[\w.-]+@)?(?:{spelled})(?![\w-]|\.\w)")
-        pieces = [host.sub("<host>", p) for p in pieces]
-    if ports:
-        spelled = "|".join(map(re.escape, ports))
-        port = re.compile(rf"(?:(?<=:)|(?<=-p )|(?<=port ))(?:{spelled})\b")
-        pieces = [port.sub("<port>", p) for p in pieces]
-    return (quoted or "").join(pieces), text
-
-
-def _summary(
-    screen: Screen, children: Sequence[Job], elapsed: float, *, interrupted: bool = False
-) -> None:
-    rows = [
-        (
-            c.location,
-            c.state.value,
-            c.exit_status,
-            None if c.reason is None else cli_message(c.reason),
-        )
-        for c in children
-    ]
-    command = children[0].command if children else ""
-    _summary_rows(screen, rows, elapsed, interrupted=interrupted, command=command)
-
-
-def _summary_rows(
-    screen: Screen,
-    rows: Sequence[tuple[str, str, int | None, str | None]],
-    elapsed: float,
-    *,
-    interrupted: bool = False,
-    command: str = "",
-) -> None:
-    """The hosts folded by result (state, exit status, reason without the host), on stderr,
-    then the totals."""
-    groups: dict[tuple[str, int | None, str], tuple[list[str], str]] = {}
-    for location, state, status, reason in rows:
-        key, shown = reason_key(location, reason, command)
-        groups.setdefault((state, status, key), ([], shown))[0].append(location)
-    table = [
-        [
-            fold(hosts),
-            str(len(hosts)),
-            state,
-            "-" if status is None else str(status),
-            shown if len(hosts) == 1 else key,
-        ]
-        for (state, status, key), (hosts, shown) in groups.items()
-    ]
-    screen.table(SUMMARY_COLUMNS, table, err=True, flexible=("Reason",))
-    tally: dict[str, int] = {}
-    for _, state, _, _ in rows:
-        tally[state] = tally.get(state, 0) + 1
-    counts = ", ".join(f"{n} {state.lower()}" for state, n in tally.items())
-    plural = "s" if len(rows) != 1 else ""
-    end = "; interrupted" if interrupted else ""
-    screen.write(f"{len(rows)} host{plural}: {counts} in {elapsed:.2f} s{end}", err=True)

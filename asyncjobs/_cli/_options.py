@@ -175,7 +175,7 @@ def check_files(ssh: dict[str, Any]) -> None:
     """Every file the SSH flags name must be readable: ``-i /nope`` is one usage error naming
     the file, not a ``No such file or directory`` from every host. (A missing IdentityFile or
     UserKnownHostsFile in the SSH config is no error: ssh skips it, and so do we.)"""
-    from .._ssh.config import file_problem
+    from .._ssh.files import file_problem
 
     for key, flag, what in _FILE_FLAGS:
         value = ssh.get(key)

@@ -53,8 +53,9 @@ INTERRUPTED: Final = 130
 # -- JSON shapes ----------------------------------------------------------------------------
 
 
-def host_job_json(info: HostJobInfo) -> dict[str, Any]:
-    """A job of a job host (local or over SSH) in the ``--json`` job shape."""
+def host_job_json(info: HostJobInfo, host: str | None = None) -> dict[str, Any]:
+    """A job of a job host (local or over SSH) in the ``--json`` job shape; ``host``: the
+    ``-H`` host whose job host holds it (None: this machine's)."""
     return {
         "id": info.id,
         "name": info.name,
@@ -69,6 +70,7 @@ def host_job_json(info: HostJobInfo) -> dict[str, Any]:
         "started_at": info.started_at,
         "finished_at": info.finished_at,
         "children": [],
+        "host": host,
     }
 
 
@@ -88,10 +90,12 @@ def local_job_json(job: Job) -> dict[str, Any]:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "children": [local_job_json(child) for child in job.children],
+        "host": None if job.parent is None else job.location,  # invoke's child: its host
     }
 
 
-def record_json(record: Record) -> dict[str, Any]:
+def record_json(record: Record, host: str | None = None) -> dict[str, Any]:
+    """A record in the ``--json`` shape; ``host`` as in ``host_job_json``."""
     return {
         "job_id": record.job_id,
         "seq": record.seq,
@@ -99,6 +103,7 @@ def record_json(record: Record) -> dict[str, Any]:
         "value": plain(record.value),
         "location": record.location,
         "time": record.time,
+        "host": host,
     }
 
 
@@ -125,7 +130,8 @@ class RecordLines:
     def encode(self, stream: str, values: Iterable[Any], time: float) -> list[str]:
         """``values`` (str lines, or anything JSON takes) as RECORD texts, numbered on."""
         head = self._head
-        tail = f',"location":{self._location},"time":{time!r}}}'
+        loc = self._location  # an invoke's child: its location is its host, as written
+        tail = f',"location":{loc},"time":{time!r},"host":{loc}}}'
         mid = f',"stream":"{stream}","value":'
         out: list[str] = []
         seq = self.seq
@@ -151,6 +157,8 @@ class Result:
     jobs: list[dict[str, Any]] = attrs.Factory(list)
     records: list[dict[str, Any]] = attrs.Factory(list)
     sessions: list[dict[str, Any]] = attrs.Factory(list)
+    #: What failed while the rest went on: a host of several, a job of several (FAILURE).
+    failures: list[dict[str, Any]] = attrs.Factory(list)
     exit_status: int = 0
     error: dict[str, str] | None = None
     lines: bool = False
@@ -167,6 +175,7 @@ class Result:
             "exit_status": self.exit_status,
             "jobs": self.jobs,
             "sessions": self.sessions,
+            "failures": self.failures,
             "error": self.error,
         }
 

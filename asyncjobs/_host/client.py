@@ -26,6 +26,7 @@ from .._core.errors import (
     CommandFailed,
     JobArgumentError,
     JobFailed,
+    JobStateError,
     JobStopped,
 )
 from .._core.models import STREAMS, Record, StreamName
@@ -140,6 +141,30 @@ class HostJobs:
             hosts=[h.to_wire() for h in hosts],
         )  # fmt: skip
         return info
+
+    async def warm_invoke(self, **fields: Any) -> dict[str, Any]:
+        """Start a fan-out on the connections this (local) job host holds (``_remote.warm``);
+        its run id and locations. It belongs to this connection: it stops when that ends."""
+        found: dict[str, Any] = await self._call(ops.WARM_INVOKE, **fields)
+        return found
+
+    async def warm_events(
+        self, run: int, wait: float | None = None, paused: Sequence[int] = ()
+    ) -> dict[str, Any]:
+        """A warm run's events since the last call (long-polling ``wait`` s for one), none of
+        the ``paused`` children's (their buffers here are full)."""
+        found: dict[str, Any] = await self._call(
+            ops.WARM_EVENTS, run=run, wait=wait, paused=list(paused)
+        )
+        return found
+
+    async def warm_stop(self, run: int) -> None:
+        await self._call(ops.WARM_STOP, run=run)
+
+    async def connections(self) -> list[dict[str, Any]]:
+        """The SSH connections the job host holds for warm invokes (``--persist``)."""
+        found: list[dict[str, Any]] = await self._call(ops.CONNECTIONS)
+        return found
 
     async def invoke_hosts(self, job: int | None = None) -> ops.InvokeRecord | None:
         """The hosts of recorded invoke ``job`` (None: the last one), or None if none is."""
@@ -340,6 +365,21 @@ class HostSession:
             await self._c.aclose()
 
     close = disconnect
+
+    async def remove(self) -> None:
+        """Remove-PSSession: close this session on the host, its running jobs stopped (this
+        waits until they are), then leave as ``disconnect()`` does. It is no longer listed by
+        ``sessions()`` and its name is free for a new session; its jobs stay in the host's
+        table, finished, their records kept until they are removed. An observer
+        (``connect_local()`` without a name) has no session to remove: ``JobStateError``."""
+        if self._closed:
+            raise JobStateError(f"session {self.name!r} is disconnected: reattach to remove it")
+        if not self.name:
+            raise JobStateError(
+                "an observer has no session to remove: connect with name= the session's name"
+            )
+        await self._c.request(ops.CLOSE_SESSION)
+        await self.disconnect()
 
     async def __aenter__(self) -> HostSession:
         return self

@@ -523,10 +523,45 @@ INVOKE_HOSTS: Final = Op(
     "invoke_hosts", {"job": (optional(_JOB), None)}, lambda v: optional(InvokeRecord.from_wire)(v)
 )
 
+# Warm connections (``_remote.warm``, on the local job host only): a fan-out run here, on the
+# connections this host holds; its children's events read back in batches; stopped with its
+# connection. Results are data, read by the warm client (``_remote.warmclient``).
+WARM_INVOKE: Final = Op(
+    "warm_invoke",
+    {
+        "targets": (list_of(text, min_len=1), REQUIRED),
+        "command": (text, REQUIRED),
+        "options": (obj, REQUIRED),  # asyncssh client options: data only (paths, numbers)
+        "throttle": (integer(1, 100_000), 32),
+        "timeout": (_SECONDS, None),
+        "idle_timeout": (_SECONDS, None),
+        "retries": (integer(0, 1000), 0),
+        "max_startups": (optional(integer(1, 100_000)), None),
+        "input": (optional(of_type("must be bytes", bytes)), None),
+        "fail_fast": (boolean, False),
+        "persist": (number(0), 60.0),  # seconds a connection is held after its last use
+        "host_buffer": (integer(1), 2 << 20),  # bytes a host's output may hold there
+    },
+    anything_at_all,  # {"run": id, "locations": [...]}
+)
+WARM_EVENTS: Final = Op(
+    "warm_events",
+    {
+        "run": (_JOB, REQUIRED),
+        "wait": (_SECONDS, None),
+        # children whose records the controller can't take now (their buffers are full)
+        "paused": (list_of(integer(0, 1_000_000)), []),
+    },
+    anything_at_all,
+)
+WARM_STOP: Final = Op("warm_stop", {"run": (_JOB, REQUIRED)}, none)
+CONNECTIONS: Final = Op("connections", {}, anything_at_all)  # the held connections
+
 #: Every operation, in the order error messages list them.
 OPS: Final[tuple[Op[Any], ...]] = (
     START_COMMAND, GET, JOB, WAIT, READ, TAKE, ACK, STOP, REMOVE, SESSIONS, DISCONNECT,
-    CLOSE_SESSION, PING, RECORD_INVOKE, INVOKE_HOSTS,
+    CLOSE_SESSION, PING, RECORD_INVOKE, INVOKE_HOSTS, WARM_INVOKE, WARM_EVENTS, WARM_STOP,
+    CONNECTIONS,
 )  # fmt: skip
 OP_NAMED: Final[Mapping[str, Op[Any]]] = {op.name: op for op in OPS}
 

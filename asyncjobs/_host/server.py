@@ -89,6 +89,7 @@ class Call:
     session: Session
     turn: Turn  # the connection's one turn for large answers (``Op.paged``)
     id: int  # the request's id: a ``take`` names its lease by it
+    owner: object = None  # the connection it came on (a warm invoke belongs to it)
 
 
 #: A handler: ``(host, call, **fields)`` → the op's result (``Request.from_wire`` checked the
@@ -110,6 +111,7 @@ class JobHost:
         self._last_activity = time.monotonic()
         self._tg: anyio.abc.TaskGroup | None = None
         self._complained = 0.0  # when running out of descriptors was last logged
+        self._warm: Any = None  # warm invokes and held connections: ``_warm_host()``
 
     def _has_returned(self, job_id: int) -> bool:
         return self.deliveries.has_returned(job_id)
@@ -151,7 +153,7 @@ class JobHost:
                 self.jobs.save_unsaved()
             for row in self.sessions.expired(time.time()):
                 await self._close_session(row.name)
-            if self._connections or self.jobs.busy():
+            if self._connections or self.jobs.busy() or (self._warm and self._warm.busy()):
                 self._last_activity = time.monotonic()
             elif time.monotonic() - self._last_activity > self.idle_exit:
                 scope.cancel()
@@ -221,6 +223,8 @@ class JobHost:
                 await frames.send(Response(0, False, None, error_to_wire(exc)).to_wire())
         finally:
             with anyio.CancelScope(shield=True):
+                if self._warm is not None:
+                    await self._warm.drop(client)  # its warm invokes stop with it
                 if client.session is not None:
                     self.deliveries.give_back_all(client.session.leases)
                     self.sessions.detach(client.session)
@@ -286,7 +290,7 @@ class JobHost:
     ) -> Response:
         """Call ``op``'s handler (``HANDLERS``): its result, or the error it raised."""
         assert client.session is not None
-        call = Call(client.session, turn, request.id)
+        call = Call(client.session, turn, request.id, client)
         try:  # Request.from_wire validated the args and filled in every default
             return Response.success(request.id, await HANDLERS[op](self, call, **request.args))
         except AsyncJobsError as exc:
@@ -355,6 +359,45 @@ class JobHost:
         found = self.store.invoke_hosts(job)
         return None if found is None else ops.InvokeRecord(job=found[0], hosts=found[1])
 
+    # -- warm invokes (``asyncjobs._remote.warm``: asyncssh, loaded on first use) ---------------
+
+    async def _warm_host(self) -> Any:
+        """The warm fan-outs and held connections, started on the first warm op. They need
+        asyncssh, which this host does not import otherwise (and the bundle remote hosts run
+        lacks): loaded by name, from the package this host was started from."""
+        if self._warm is None:
+            import importlib
+
+            try:
+                module = importlib.import_module("asyncjobs._remote.warm")
+            except ImportError as exc:
+                raise AsyncJobsError(
+                    f"this job host can't hold SSH connections ({exc}); it runs from the "
+                    "remote bundle: use --no-persist"
+                ) from None
+            warm = module.WarmHost()
+            assert self._tg is not None
+            await self._tg.start(warm.run)
+            self._warm = warm
+        return self._warm
+
+    async def warm_invoke(self, call: Call, **fields: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await (await self._warm_host()).invoke(call.owner, **fields)
+        return result
+
+    async def warm_events(
+        self, call: Call, run: int, wait: float | None, paused: list[int]
+    ) -> dict[str, Any]:
+        warm = await self._warm_host()
+        result: dict[str, Any] = await warm.events(call.owner, run, wait, paused)
+        return result
+
+    async def warm_stop(self, call: Call, run: int) -> None:
+        await (await self._warm_host()).stop(call.owner, run)
+
+    async def connections(self, call: Call) -> list[dict[str, Any]]:
+        return [] if self._warm is None else list(self._warm.connections())
+
     async def close_session(self, call: Call) -> None:
         if self.store.session(call.session.name) is not None:
             await self._close_session(call.session.name)
@@ -377,6 +420,10 @@ HANDLERS: Final[Mapping[Op[Any], Handler]] = {
     ops.PING: JobHost.ping,
     ops.RECORD_INVOKE: JobHost.record_invoke,
     ops.INVOKE_HOSTS: JobHost.invoke_hosts,
+    ops.WARM_INVOKE: JobHost.warm_invoke,
+    ops.WARM_EVENTS: JobHost.warm_events,
+    ops.WARM_STOP: JobHost.warm_stop,
+    ops.CONNECTIONS: JobHost.connections,
 }
 
 

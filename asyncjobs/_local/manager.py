@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
@@ -33,25 +33,23 @@ from .._core.job import (
 from .._core.log import RecordLog
 from .._core.models import Buffer, ManagerStatistics
 from .._core.runner import Run, SlotQueue
-from .._core.state import JobState, state_named
+from .._core.state import JobState
 from . import command as _command
 from . import process as _process
+from .arguments import check_callable as _check_callable
+from .arguments import default_threads as _default_threads
+from .arguments import describe as _describe
+from .arguments import positive as _positive
+from .arguments import states as _states
+from .remote import RemoteMethods
 from .thread import run_thread
 
 if TYPE_CHECKING:
-    from .._core.table import FailurePolicy, SessionTarget
-
-DEFAULT_MAX_CHANNELS = (
-    10  # sshd's MaxSessions default (asyncjobs._ssh.session keeps the same number)
-)
-
-
-def _default_threads() -> int:
-    return min(32, (os.cpu_count() or 1) + 4)
+    pass
 
 
 @final
-class JobManager:
+class JobManager(RemoteMethods):
     """A table of jobs and the limits they run under (a PowerShell session's job table).
 
     ``async with JobManager(thread_limit=8, process_limit=4) as jobs:`` — jobs beyond a limit wait
@@ -90,6 +88,7 @@ class JobManager:
         self._process_queue: SlotQueue | None = None
         self._workers: _process.WorkerPool | None = None
         self._exits: AsyncExitStack | None = None
+        self._pool: Any = None  # held connections (``invoke(persist=)``): a ConnectionPool
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -253,76 +252,6 @@ class JobManager:
 
         await self._process_queue.start(tg, job, body)
         return job
-
-    async def invoke(
-        self,
-        targets: Sequence[str | SessionTarget] | str | SessionTarget,
-        command: str | Sequence[str],
-        /,
-        *,
-        name: str | None = None,
-        throttle_limit: int = 32,
-        on_failure: FailurePolicy = "continue",
-        retries: int = 0,
-        timeout: float | None = None,
-        buffer: Buffer | None = None,
-        stop_grace: float | None = None,
-        max_channels: int = DEFAULT_MAX_CHANNELS,
-        lines: bool = True,
-        input: str | bytes | None = None,
-        max_startups: int | None = None,
-        idle_timeout: float | None = None,
-        output: str = "text",
-        clock: bool = False,
-        probe: bool = False,
-        **ssh_options: Any,
-    ) -> Job:
-        """Run ``command`` on every target (Invoke-Command -AsJob): a parent ``RemoteJob`` with
-        one child per target, in argument order, ``child.location`` its host.
-
-        Targets are host strings (``host``, ``user@host:port``, ``[::1]:2222``: a temporary
-        connection, closed when the child finishes) or ``Session``s (kept open). At most
-        ``throttle_limit`` children connect or run at once. One host's failure fails only its
-        child; ``on_failure="fail_fast"`` (or a failure fraction such as ``0.1``) stops the rest
-        instead. ``retries`` retries connection-level failures (never auth or host-key ones)
-        with backoff; ``timeout`` bounds the command, ``connect_timeout=`` the connection.
-        ``lines=False`` passes stdout and stderr through as ``bytes`` chunks (not on named
-        sessions, whose job host keeps lines). ``input`` (``str`` or ``bytes``) goes to every
-        target's stdin, then EOF; without it stdin gets EOF at once. ``idle_timeout`` fails a
-        host whose command sent nothing (stdout nor stderr) for that many seconds ("no output
-        for S s"), its process group killed. SSH handshakes are limited to 8 in flight per
-        destination (address and port: sshd's ``MaxStartups`` drops more); ``max_startups``
-        caps them over all targets too. Every other keyword is an asyncssh client option for
-        the temporary connections.
-        Benchmarks (docs/harness.md): ``output="json"`` parses stdout lines as JSON; ``clock``
-        and ``probe`` set ``child.clock`` and ``child.host_info`` before the command.
-        Needs asyncio (asyncssh); returns at once with the children scheduled.
-        """
-        from .._remote.fanout import start_invoke  # asyncssh: only for programs that invoke
-
-        timeout = checks.timeout(timeout)
-        stop_grace = self.stop_grace if stop_grace is None else checks.grace(stop_grace)
-        return await start_invoke(
-            _Table(self),
-            targets,
-            command,
-            name=name,
-            throttle_limit=throttle_limit,
-            on_failure=on_failure,
-            retries=retries,
-            timeout=timeout,
-            buffer=buffer,
-            stop_grace=stop_grace,
-            max_channels=max_channels,
-            lines=lines,
-            ssh_options=ssh_options,
-            input=input,
-            max_startups=max_startups,
-            idle_timeout=idle_timeout,
-            output=output,
-            clock=clock,
-            probe=probe,
-        )
 
     def _new_job(
         self,
@@ -520,31 +449,6 @@ class JobManager:
         )
 
 
-@final
-@attrs.frozen
-class _Table:
-    """This manager as the ``JobTable`` a fan-out adds its jobs to (without importing it)."""
-
-    manager: JobManager
-
-    def task_group(self) -> TaskGroup:
-        return self.manager._open_group()
-
-    def new_job(
-        self,
-        name: str | None,
-        kind: JobKind,
-        command: str,
-        buffer: Buffer | None,
-        *,
-        location: str = "localhost",
-    ) -> Job:
-        return self.manager._new_job(name, kind, command, buffer, location=location)
-
-    def add_parent(self, name: str | None, kind: JobKind, command: str, children: list[Job]) -> Job:
-        return self.manager._add_parent(name, kind, command, children)
-
-
 @attrs.define(eq=False)
 class _Waiter:
     """One ``wait()`` call: the jobs it still waits for, woken by ``_job_changed``."""
@@ -552,28 +456,3 @@ class _Waiter:
     pending: set[int]
     any: bool
     event: anyio.Event = attrs.field(factory=anyio.Event)
-
-
-def _positive(what: str, value: int | None, default: int) -> int:
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise JobArgumentError(f"{what} must be a positive int, got {value!r}")
-    return value
-
-
-def _states(state: JobState | str | Iterable[JobState | str]) -> set[JobState]:
-    items = [state] if isinstance(state, JobState | str) else list(state)
-    return {s if isinstance(s, JobState) else state_named(str(s)) for s in items}
-
-
-def _check_callable(fn: object, where: str) -> None:
-    if not callable(fn):
-        raise JobArgumentError(
-            f"{where}() needs a callable first, got {type(fn).__name__}: {fn!r}; "
-            f"for a program use start_command()"
-        )
-
-
-def _describe(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)

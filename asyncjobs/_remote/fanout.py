@@ -10,6 +10,7 @@ manager back (nor does the manager import SSH for local programs).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,12 +35,14 @@ from .._core.table import (
     fail_as,
     watch_first,
 )
+from .._ssh.become import Become, make_become
 from .._ssh.config import check_files
 from .._ssh.runner import RemoteTimings, remote_input, run_remote, shell_command
 from .._ssh.session import ConnectTimings, SSHSession, open_connection, require_asyncio
 from .._ssh.targets import Target
 from .clock import check_before
 from .mirror import run_hosted
+from .pool import DEFAULT_PERSIST, ConnectionPool
 from .session import Session
 
 
@@ -102,6 +105,10 @@ async def start_invoke(
     input: object = None,
     max_startups: int | None = None,
     idle_timeout: float | None = None,
+    become: object = None,
+    become_password: object = None,
+    pool: ConnectionPool | None = None,
+    persist: float = DEFAULT_PERSIST,
     output: object = "text",
     clock: object = False,
     probe: object = False,
@@ -110,7 +117,8 @@ async def start_invoke(
 
     ``max_startups`` caps the handshakes in flight over all targets (beside the per-destination
     limit of ``_ssh.handshakes``); ``idle_timeout`` fails a host whose command sent nothing for
-    that long (checked by ``checks.timeout``, as ``timeout`` is)."""
+    that long (checked by ``checks.timeout``, as ``timeout`` is); ``become`` runs the command
+    through sudo (``_ssh.become``), with ``become_password`` for its prompt."""
     require_asyncio("invoke")
     tg = table.task_group()
     parsed = _targets(targets)
@@ -132,6 +140,13 @@ async def start_invoke(
             "idle_timeout= is not available on a named session (its job host runs the "
             "command); use timeout=, or an unnamed session (connect(host)) or a host string"
         )
+    sudo = make_become(become, become_password)
+    if sudo is not None and any(isinstance(t, Session) and t.name for t in parsed):
+        raise JobArgumentError(
+            "become= is not available on a named session (its job host runs the command, and "
+            "would have to hold the password); use an unnamed session (connect(host)) or a "
+            "host string"
+        )
     check_files(ssh_options)  # a missing key or known_hosts file: one error, nothing connects
     lines = check_lines(lines)
     if not lines and any(isinstance(t, Session) and t.name is not None for t in parsed):
@@ -148,7 +163,7 @@ async def start_invoke(
     watch = _PolicyWatch(parent, policy, tg.start_soon)
     child = _Child(
         text, timeout, stop_grace, retries, max_channels, lines, ssh_options, data,
-        startups, idle_timeout, *harness,
+        startups, idle_timeout, sudo, pool, persist, *harness,
     )  # fmt: skip
     for job, target in zip(children, parsed, strict=True):
         watch_first(job, watch.child_changed)  # a stopped child's reason, before it is seen
@@ -242,6 +257,10 @@ class _Child:
     input: bytes | None
     startups: anyio.CapacityLimiter | None = None
     idle_timeout: float | None = None
+    become: Become | None = None  # its password is not in the repr
+    #: Held connections (``pool``): host strings lease one, kept ``persist`` s after use.
+    pool: ConnectionPool | None = None
+    persist: float = DEFAULT_PERSIST
     json: bool = False  # output="json": stdout lines parsed as JSON (_core.jsonlines)
     clock: bool = False  # measure the host's clock first (clock.py)
     probe: bool = False  # probe the host's metadata first (probe.py)
@@ -278,29 +297,46 @@ class _Child:
         await run_remote(
             run, session, self.command, timeout=self.timeout, stop_grace=self.stop_grace,
             connect=timings, attempts=attempts, lines=self.lines, input=self.input,
-            idle_timeout=self.idle_timeout, json=self.json,
+            idle_timeout=self.idle_timeout, become=self.become, json=self.json,
         )  # fmt: skip
 
     async def _connect_and_run(self, run: Run, target: Target) -> None:
-        """A host string: a temporary connection, closed when the child is finished."""
+        """A host string: a temporary connection, closed when the child is finished; or,
+        with a ``pool``, a held one (made if none is), left open for the next invoke."""
         attempts = [0]
-        try:
-            conn, timings = await _connect(
-                target, self.options, self.retries, run, attempts, self.startups
-            )
-        except ConnectionFailed as exc:
-            run.job.timings = RemoteTimings(
-                run.job.location, None, None, None, None, None, 0, 0, attempts[0]
-            )
-            await run.append("error", exc)
-            # The host's own failure, even if a stop (a fan-out's fail-fast) came meanwhile:
-            # connecting is never interrupted, so the stop did not cause it.
-            run.failed(exc)
-            return
-        session = SSHSession(
-            conn, target, max_channels=self.max_channels, timings=timings, options=self.options
-        )
-        async with session:
+
+        async def connect(
+            target: Target, options: dict[str, Any]
+        ) -> tuple[asyncssh.SSHClientConnection, ConnectTimings]:
+            return await _connect(target, options, self.retries, run, attempts, self.startups)
+
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                if self.pool is not None:
+                    lease = self.pool.lease(
+                        target, self.options, persist=self.persist, connect=connect
+                    )
+                    session, timings, _ = await stack.enter_async_context(lease)
+                else:
+                    conn, timings = await connect(target, self.options)
+                    session = await stack.enter_async_context(
+                        SSHSession(
+                            conn,
+                            target,
+                            max_channels=self.max_channels,
+                            timings=timings,
+                            options=self.options,
+                        )
+                    )
+            except ConnectionFailed as exc:
+                run.job.timings = RemoteTimings(
+                    run.job.location, None, None, None, None, None, 0, 0, attempts[0]
+                )
+                await run.append("error", exc)
+                # The host's own failure, even if a stop (a fan-out's fail-fast) came
+                # meanwhile: connecting is never interrupted, so the stop did not cause it.
+                run.failed(exc)
+                return
             if await self._check(run, session):
                 await self._run(run, session, timings, attempts[0])
 

@@ -40,6 +40,7 @@ import attrs
 from asyncssh.config import SSHClientConfig, SSHConfig
 
 from .._core.errors import JobArgumentError
+from .files import file_problem as file_problem
 
 log = logging.getLogger("asyncjobs")
 
@@ -389,18 +390,6 @@ def config_problem(path: str) -> tuple[int, str] | None:
 
 
 # -- the files a caller named ---------------------------------------------------------------
-
-
-def file_problem(path: str | os.PathLike[str]) -> str | None:
-    """Why ``path`` can't be read as a file (``no such file``, ...), or None if it can."""
-    text = os.path.expanduser(os.fspath(path))
-    if not os.path.exists(text):
-        return "no such file"
-    if os.path.isdir(text):
-        return "is a directory, not a file"
-    if not os.access(text, os.R_OK):
-        return "is not readable"
-    return None
 
 
 def _paths(value: object) -> list[str | os.PathLike[str]]:

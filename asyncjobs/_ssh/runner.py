@@ -11,7 +11,6 @@ It reports through ``Run`` (the runner API), as every runner does.
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -20,72 +19,19 @@ import anyio
 import asyncssh
 import attrs
 
-from .._core.errors import CommandFailed, ConnectionFailed, JobArgumentError
+from .._core.errors import CommandFailed, ConnectionFailed
 from .._core.jsonlines import JsonLines
 from .._core.lines import check_lines
 from .._core.log import RecordLog
 from .._core.runner import Run, run_alone
+from .become import Become, SudoChannel, SudoState, run_as
 from .channel import CommandChannel, CommandProgress
+from .commandline import RemoteTimings as RemoteTimings
+from .commandline import remote_input as remote_input
+from .commandline import shell_command as shell_command
 from .session import ConnectTimings, SSHSession, map_ssh_errors, require_asyncio
 
 _OPEN_RETRIES: Final = 6  # a refused channel is retried with backoff this many times
-
-
-@attrs.frozen
-class RemoteTimings:
-    """Where a remote child's time went, by phase (seconds), and the bytes it moved.
-
-    ``connect`` and ``auth`` are None on a persistent ``Session``; ``first_byte`` and ``exit``
-    count from the moment the channel was open. ``bytes_in`` is the stdout and stderr data
-    received, ``bytes_out`` what was sent on the channel (the command line as executed, with
-    the wrapper that reports its process group).
-    """
-
-    location: str
-    connect: float | None
-    auth: float | None
-    channel_open: float | None
-    first_byte: float | None
-    exit: float | None
-    bytes_in: int
-    bytes_out: int
-    attempts: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-
-def shell_command(command: str | Sequence[str]) -> str:
-    """A command as one string for the remote POSIX shell (an argv list is quoted safely)."""
-    if isinstance(command, str):
-        if not command.strip():
-            raise JobArgumentError("the remote command is empty")
-        return command
-    if not isinstance(command, Sequence) or not command:
-        raise JobArgumentError(
-            f"command must be a string or a non-empty argv list, got {command!r}"
-        )
-    if not all(isinstance(a, str) for a in command):
-        raise JobArgumentError(f"every argv element must be a str, got {command!r}")
-    return shlex.join(command)
-
-
-def remote_input(value: object) -> bytes | None:
-    """``input=`` of a remote command, checked: ``None`` (stdin gets EOF at once, as from
-    ``/dev/null``), ``bytes`` or a ``str`` (sent as UTF-8), then EOF."""
-    if value is None or isinstance(value, bytes):
-        return value
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, str):
-        try:
-            return value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise JobArgumentError(f"input is not encodable as UTF-8 ({exc}); pass bytes") from None
-    raise JobArgumentError(
-        f"input must be str or bytes (the remote command's stdin, then EOF), got "
-        f"{type(value).__name__}: {value!r:.80}; join lines first ('\\n'.join(lines))"
-    )
 
 
 def _wrapped(command: str) -> str:
@@ -98,7 +44,7 @@ _GONE: Final = 0
 _ABSENT: Final = 3
 
 
-def _kill_script(pgid: int, grace: float) -> str:
+def _kill_script(pgid: int, grace: float, *, others: bool = False) -> str:
     """A POSIX sh script: TERM the group, wait up to ``grace``, KILL, wait until it is gone.
     Exits 0 once it is gone, 1 if it survived, 3 if there was no such group to kill (the
     command had ended on its own).
@@ -106,13 +52,20 @@ def _kill_script(pgid: int, grace: float) -> str:
     "Gone" means no member but zombies: a killed grandchild may wait a while for its new
     parent (init) to reap it, and ``kill -0`` still finds zombies. Where ``ps`` can't tell
     states, ``kill -0`` alone decides.
+
+    ``others``: the group may hold processes of another user (a sudo'ed command, killed by the
+    login user because sudo would not kill it): ``kill -0`` fails on those, ``ps`` decides.
     """
     ticks = max(1, round(grace * 20))
-    alive = (
-        f"{{ kill -s 0 -- -{pgid} 2>/dev/null && {{ ps -A -o pgid= -o stat= 2>/dev/null"
+    members = (
+        f"ps -A -o pgid= -o stat= 2>/dev/null"
         f" | awk '$1 == {pgid} && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'"
-        f" || ! ps -A -o pgid= -o stat= >/dev/null 2>&1; }}; }}"
     )
+    no_ps = "! ps -A -o pgid= -o stat= >/dev/null 2>&1"
+    if others:
+        alive = f"{{ {members} || {{ {no_ps} && kill -s 0 -- -{pgid} 2>/dev/null; }}; }}"
+    else:
+        alive = f"{{ kill -s 0 -- -{pgid} 2>/dev/null && {{ {members} || {no_ps}; }}; }}"
     return (
         f"kill -s TERM -- -{pgid} 2>/dev/null || exit {_ABSENT}; i=0; "
         f"while {alive} && [ $i -lt {ticks} ]; do sleep 0.05; i=$((i+1)); done; "
@@ -129,22 +82,27 @@ async def _open_channel(
     progress: CommandProgress,
     lines: bool,
     input: bytes | None = None,
+    sudo: SudoState | None = None,
     json: bool = False,
 ) -> CommandChannel:
     """Open a channel running ``command`` into ``log``, ``input`` (then EOF) on its stdin; a
     refused channel is retried with backoff. A host that stops answering fails it after the
-    session's ``channel_timeout`` (its ``connect_timeout``, 30 s by default), never hangs it."""
+    session's ``channel_timeout`` (its ``connect_timeout``, 30 s by default), never hangs it.
+    With ``sudo``, a ``SudoChannel`` answers sudo first (see ``become``)."""
     delay = 0.05
     timeout = session.channel_timeout
-    parse = JsonLines(session.where) if json else None  # output="json"
+
+    def made() -> CommandChannel | SudoChannel:
+        parse = JsonLines(session.where) if json else None  # output="json"
+        channel = CommandChannel(log, progress, lines, input, parse)
+        return channel if sudo is None else sudo.channel(channel)
+
     for attempt in range(_OPEN_RETRIES + 1):
         try:
             with map_ssh_errors(session.where, timeout=timeout), anyio.fail_after(timeout):
-                _, channel = await session.connection.create_session(
-                    lambda: CommandChannel(log, progress, lines, input, parse),
-                    command,
-                    encoding=None,
-                )
+                _, channel = await session.connection.create_session(made, command, encoding=None)
+                if isinstance(channel, SudoChannel):
+                    return channel.inner
                 assert isinstance(channel, CommandChannel)
                 return channel
         except ConnectionFailed as exc:
@@ -155,15 +113,25 @@ async def _open_channel(
     raise AssertionError("unreachable")
 
 
-async def kill_group(session: SSHSession, pgid: int, grace: float) -> bool | None:
+async def kill_group(
+    session: SSHSession, pgid: int, grace: float, become: Become | None = None
+) -> bool | None:
     """TERM the remote group, wait ``grace``, KILL, wait until it is gone: True if gone,
-    False if it survived, None if there was no such group (it had ended on its own)."""
+    False if it survived, None if there was no such group (it had ended on its own).
+    ``become``: through sudo as that user (a sudo'ed command is not the login user's to
+    kill), as the login user if sudo refuses."""
     async with session.control_channel():
         with map_ssh_errors(session.where):
-            result = await session.connection.run(_kill_script(pgid, grace), check=False)
-    if result.exit_status == _ABSENT:
+            status = None
+            if become is not None:
+                script = _kill_script(pgid, grace)
+                status = await run_as(session.connection, script, become, grace + 10)
+            if status is None:
+                script = _kill_script(pgid, grace, others=become is not None)
+                status = (await session.connection.run(script, check=False)).exit_status
+    if status == _ABSENT:
         return None
-    return result.exit_status == _GONE
+    return status == _GONE
 
 
 async def run_remote(
@@ -178,18 +146,21 @@ async def run_remote(
     lines: bool = True,
     input: bytes | None = None,
     idle_timeout: float | None = None,
+    become: Become | None = None,
     json: bool = False,
 ) -> None:
     """The body of a remote command job on an open session (see ``run_in_slot``): ``input``
     (checked by ``remote_input``) goes to its stdin, then EOF. ``timeout`` bounds the whole
     command, ``idle_timeout`` the silence: a command that sent nothing for that long fails
-    ("no output for S s"), its process group killed. The job's ``timings`` are a
-    ``RemoteTimings`` afterwards, however it ended."""
+    ("no output for S s"), its process group killed. ``become``: through sudo (``become``).
+    ``json``: stdout lines parsed as JSON into data records (``_core.jsonlines``).
+    The job's ``timings`` are a ``RemoteTimings`` afterwards, however it ended."""
     progress = CommandProgress()
     job = run.job
     limits = _Limits(timeout, idle_timeout)
+    sudo = None if become is None else SudoState(become, timeout=session.channel_timeout)
     try:
-        await _run(run, session, command, progress, limits, stop_grace, lines, input, json)
+        await _run(run, session, command, progress, limits, stop_grace, lines, input, sudo, json)
     finally:
         job.timings = RemoteTimings(
             location=job.location,
@@ -221,6 +192,7 @@ async def _run(
     stop_grace: float,
     lines: bool,
     input: bytes | None,
+    sudo: SudoState | None = None,
     json: bool = False,
 ) -> None:
     where = session.where
@@ -231,8 +203,8 @@ async def _run(
         channel.interrupt()
 
     async with session.job_channel():
-        wrapped = _wrapped(command)
-        channel = await _open_channel(session, wrapped, run.log, progress, lines, input, json)
+        wrapped = _wrapped(command if sudo is None else sudo.become.command(command))
+        channel = await _open_channel(session, wrapped, run.log, progress, lines, input, sudo, json)
         progress.channel_open = time.perf_counter() - t0
         progress.bytes_out += len(wrapped.encode())
         try:
@@ -243,15 +215,16 @@ async def _run(
             with run.on_stop(on_stop), anyio.move_on_after(limits.timeout) as scope:
                 await channel.drain(limits.idle)
             timed_out = scope.cancelled_caught
-            if progress.killing or timed_out or progress.went_idle:
+            refused = sudo is not None and sudo.failure is not None  # it asked again, ...
+            if progress.killing or timed_out or progress.went_idle or refused:
                 with anyio.CancelScope(shield=True):
-                    await _kill(session, progress, channel, stop_grace)
+                    await _kill(session, progress, channel, stop_grace, sudo)
         except BaseException:
             with anyio.CancelScope(shield=True):  # cancelled with its manager: kill, then go
-                await _kill(session, progress, channel, stop_grace)
+                await _kill(session, progress, channel, stop_grace, sudo)
             raise
         progress.exit = time.perf_counter() - channel.t_open
-    _finish(run, where, channel, progress, timed_out, limits)
+    _finish(run, where, channel, progress, timed_out, limits, sudo)
 
 
 def _finish(
@@ -261,6 +234,7 @@ def _finish(
     progress: CommandProgress,
     timed_out: bool,
     limits: _Limits,
+    sudo: SudoState | None = None,
 ) -> None:
     job = run.job
     status, sig = channel.exit_status, channel.exit_signal
@@ -269,7 +243,11 @@ def _finish(
     # A command that ended on its own before the stop's kill reached it (a fan-out's
     # fail-fast stop racing a host that failed by itself) keeps its own result.
     stopped = job.stop_requested and not (progress.ended_first and (status, sig) != (None, None))
-    if stopped and progress.group_gone is False:
+    killed = progress.killing or timed_out or progress.went_idle
+    because = None if sudo is None else sudo.reason(where, job.location, status, killed=killed)
+    if because is not None and not stopped:
+        run.failed(CommandFailed(because, exit_status=status))
+    elif stopped and progress.group_gone is False:
         run.failed(
             CommandFailed(
                 f"{what} was asked to stop, but its process group {progress.pgid} survived "
@@ -302,7 +280,11 @@ def _finish(
 
 
 async def _kill(
-    session: SSHSession, progress: CommandProgress, channel: CommandChannel, grace: float
+    session: SSHSession,
+    progress: CommandProgress,
+    channel: CommandChannel,
+    grace: float,
+    sudo: SudoState | None = None,
 ) -> None:
     """Kill the remote group and make sure the channel is closed; errors are not raised here
     (the connection may be the very thing that died)."""
@@ -313,7 +295,9 @@ async def _kill(
         if progress.pgid is not None and not session.closed:
             progress.group_gone = False
             with anyio.move_on_after(grace + 15):
-                gone = await kill_group(session, progress.pgid, grace)
+                # through sudo once it runs the command (before, the group is the login user's)
+                become = sudo.become if sudo is not None and sudo.started else None
+                gone = await kill_group(session, progress.pgid, grace, become)
                 progress.group_gone = gone is not False
                 if gone is None:  # nothing left to kill: it ended by itself; its status is
                     ended = True  # on the way, and worth the wait
