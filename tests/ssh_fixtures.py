@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,19 @@ async def no_leftovers() -> AsyncIterator[None]:
         if time.monotonic() > deadline:
             pytest.fail(f"left behind: tasks {tasks}, TCP connections {connections}")
         await anyio.sleep(0.02)
+
+
+#: The marks of a test on the sshd test hosts: asyncio only (asyncssh), and no controller task
+#: or connection left behind.
+ON_HOSTS = (
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
+    pytest.mark.usefixtures("no_leftovers"),
+)
+
+
+def on_hosts(fn: Any) -> Any:
+    """Decorate one test with ``ON_HOSTS`` (a file that mixes local and remote tests)."""
+    for mark in ON_HOSTS:
+        fn = mark(fn)
+    return fn

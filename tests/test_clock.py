@@ -24,21 +24,8 @@ import pytest
 import asyncjobs
 from asyncjobs import JobManager
 from asyncjobs._remote.clock import CLOCK_SCRIPT, MARK, ClockOffset, best_sample, host_ns
+from tests.ssh_fixtures import on_hosts
 from tests.testhosts import TestHosts
-
-#: asyncssh: asyncio only; no controller task or connection left behind.
-remote = [
-    pytest.mark.anyio,
-    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
-    pytest.mark.usefixtures("no_leftovers"),
-]
-
-
-def on_hosts(fn: Any) -> Any:
-    for mark in remote:
-        fn = mark(fn)
-    return fn
-
 
 REAL_DATE = shutil.which("date") or "/usr/bin/date"
 

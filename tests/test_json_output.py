@@ -15,6 +15,7 @@ import pytest
 from asyncjobs import Buffer, JobArgumentError, JobManager, JobState, Record
 from asyncjobs._core.jsonlines import JSON_MAX_LINE, JsonLineError, JsonLines
 from asyncjobs._core.models import StreamName
+from tests.ssh_fixtures import on_hosts
 from tests.testhosts import TestHosts
 
 MIXED = (
@@ -137,18 +138,6 @@ def test_data_only_and_nothing_lost() -> None:
 
 
 # -- remote commands ---------------------------------------------------------------------------
-
-remote = [
-    pytest.mark.anyio,
-    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
-    pytest.mark.usefixtures("no_leftovers"),
-]
-
-
-def on_hosts(fn: Any) -> Any:
-    for mark in remote:
-        fn = mark(fn)
-    return fn
 
 
 @on_hosts

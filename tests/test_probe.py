@@ -20,19 +20,8 @@ import pytest
 
 import asyncjobs
 from asyncjobs._remote.probe import HostInfo
+from tests.ssh_fixtures import on_hosts
 from tests.testhosts import TestHosts
-
-remote = [
-    pytest.mark.anyio,
-    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
-    pytest.mark.usefixtures("no_leftovers"),
-]
-
-
-def on_hosts(fn: Any) -> Any:
-    for mark in remote:
-        fn = mark(fn)
-    return fn
 
 
 def _mem_total() -> int:
