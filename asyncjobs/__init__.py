@@ -9,28 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._core.errors import AsyncJobsError as AsyncJobsError
-from ._core.errors import CommandFailed as CommandFailed
-from ._core.errors import ConnectionFailed as ConnectionFailed
-from ._core.errors import HostKeyError as HostKeyError
-from ._core.errors import JobArgumentError as JobArgumentError
-from ._core.errors import JobFailed as JobFailed
-from ._core.errors import JobStateError as JobStateError
-from ._core.errors import JobStopped as JobStopped
-from ._core.errors import NoSuchJob as NoSuchJob
-from ._core.errors import ProtocolError as ProtocolError
-from ._core.errors import RemoteError as RemoteError
-from ._core.errors import SpillError as SpillError
-from ._core.models import STREAMS as STREAMS
-from ._core.models import Buffer as Buffer
-from ._core.models import BufferStatistics as BufferStatistics
-from ._core.models import JobStatistics as JobStatistics
-from ._core.models import ManagerStatistics as ManagerStatistics
-from ._core.models import Progress as Progress
-from ._core.models import Record as Record
-from ._core.models import StateChange as StateChange
-from ._core.state import JobState as JobState
-from ._core.util import fixup_module_metadata as _fixup_module_metadata
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -74,14 +52,33 @@ __all__ = [
     "timings_jsonl",
 ]
 
-_fixup_module_metadata(__name__, globals())
-
 if TYPE_CHECKING:
     from ._core.context import emit as emit
     from ._core.context import progress as progress
     from ._core.context import stop_requested as stop_requested
+    from ._core.errors import AsyncJobsError as AsyncJobsError
+    from ._core.errors import CommandFailed as CommandFailed
+    from ._core.errors import ConnectionFailed as ConnectionFailed
+    from ._core.errors import HostKeyError as HostKeyError
+    from ._core.errors import JobArgumentError as JobArgumentError
+    from ._core.errors import JobFailed as JobFailed
+    from ._core.errors import JobStateError as JobStateError
+    from ._core.errors import JobStopped as JobStopped
+    from ._core.errors import NoSuchJob as NoSuchJob
+    from ._core.errors import ProtocolError as ProtocolError
+    from ._core.errors import RemoteError as RemoteError
+    from ._core.errors import SpillError as SpillError
     from ._core.job import Job as Job
     from ._core.jsonlines import JsonLineError as JsonLineError
+    from ._core.models import STREAMS as STREAMS
+    from ._core.models import Buffer as Buffer
+    from ._core.models import BufferStatistics as BufferStatistics
+    from ._core.models import JobStatistics as JobStatistics
+    from ._core.models import ManagerStatistics as ManagerStatistics
+    from ._core.models import Progress as Progress
+    from ._core.models import Record as Record
+    from ._core.models import StateChange as StateChange
+    from ._core.state import JobState as JobState
     from ._host.client import HostSession as HostSession
     from ._host.client import connect_local as connect_local
     from ._host.protocol import SessionInfo as SessionInfo
@@ -95,11 +92,32 @@ if TYPE_CHECKING:
     from ._remote.session import Session as Session
     from ._ssh.runner import RemoteTimings as RemoteTimings
 
-# Remote names load asyncssh (~150 ms), so they are imported on first use: local jobs, the
-# job host on a remote machine and the command line's start-up never pay for it.
+# Every name is imported on first use. ``import asyncjobs`` itself loads nothing but the
+# version: the command line's start-up (``_cli._forkclient`` is standard library only) does
+# not pay for attrs (the errors and models), anyio (the job machinery) or asyncssh (the remote
+# names, ~150 ms), and local jobs and a remote machine's job host never load asyncssh.
 _LAZY = {
-    # anyio and the job machinery load on first use too: the command line's --help, and
-    # code that only needs the errors or the models, start without them.
+    "AsyncJobsError": ("._core.errors", "AsyncJobsError"),
+    "CommandFailed": ("._core.errors", "CommandFailed"),
+    "ConnectionFailed": ("._core.errors", "ConnectionFailed"),
+    "HostKeyError": ("._core.errors", "HostKeyError"),
+    "JobArgumentError": ("._core.errors", "JobArgumentError"),
+    "JobFailed": ("._core.errors", "JobFailed"),
+    "JobStateError": ("._core.errors", "JobStateError"),
+    "JobStopped": ("._core.errors", "JobStopped"),
+    "NoSuchJob": ("._core.errors", "NoSuchJob"),
+    "ProtocolError": ("._core.errors", "ProtocolError"),
+    "RemoteError": ("._core.errors", "RemoteError"),
+    "SpillError": ("._core.errors", "SpillError"),
+    "STREAMS": ("._core.models", "STREAMS"),
+    "Buffer": ("._core.models", "Buffer"),
+    "BufferStatistics": ("._core.models", "BufferStatistics"),
+    "JobStatistics": ("._core.models", "JobStatistics"),
+    "ManagerStatistics": ("._core.models", "ManagerStatistics"),
+    "Progress": ("._core.models", "Progress"),
+    "Record": ("._core.models", "Record"),
+    "StateChange": ("._core.models", "StateChange"),
+    "JobState": ("._core.state", "JobState"),
     "emit": ("._core.context", "emit"),
     "progress": ("._core.context", "progress"),
     "stop_requested": ("._core.context", "stop_requested"),
@@ -126,8 +144,10 @@ def __getattr__(name: str) -> Any:
         module, attribute = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'asyncjobs' has no attribute {name!r}") from None
+    from ._core.util import fixup_module_metadata
+
     value = getattr(importlib.import_module(module, __name__), attribute)
-    _fixup_module_metadata(__name__, {name: value})
+    fixup_module_metadata(__name__, {name: value})
     globals()[name] = value
     return value
 

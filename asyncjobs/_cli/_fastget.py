@@ -15,22 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .._host.directory import LOCK, STORE
+from .._host.hostdir import STORE, host_pid
 from .._host.records import select_jobs
 from .._host.store import StoreError
 from .._host.store import read_jobs as read_store
 from ._output import host_job_json
-
-
-def host_running(directory: Path) -> bool:
-    """Whether a job host serves ``directory`` now: the pid its lock file names is alive and
-    is a job host (the lock itself is not touched: a starting host must get it)."""
-    try:
-        pid = int((directory / LOCK).read_text().strip() or 0)
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return pid > 0 and b"asyncjobs._host" in f.read()
-    except (OSError, ValueError):
-        return False
 
 
 def local_jobs(
@@ -38,7 +27,7 @@ def local_jobs(
     kind: str | None = None,
 ) -> list[dict[str, Any]] | None:  # fmt: skip
     """``read_jobs`` of the job host in ``directory``, if one runs there; else None."""
-    if not host_running(directory):
+    if host_pid(directory) is None:
         return None
     return read_jobs(directory / STORE, name=name, state=state, kind=kind)
 

@@ -22,25 +22,16 @@ from typing import Final
 import anyio
 
 from .._core.errors import AsyncJobsError
+from .hostdir import ENV_DIR as ENV_DIR
+from .hostdir import LOCK as LOCK
+from .hostdir import LOG as LOG
+from .hostdir import SOCKET as SOCKET
+from .hostdir import STORE as STORE
+from .hostdir import host_dir as host_dir
 
-SOCKET: Final = "host.sock"
-LOCK: Final = "host.lock"
-STORE: Final = "store.sqlite"
-LOG: Final = "host.log"
-ENV_DIR: Final = "ASYNCJOBS_HOST_DIR"
 ENV_IDLE: Final = "ASYNCJOBS_HOST_IDLE_EXIT"
 ENV_READY: Final = "ASYNCJOBS_HOST_READY_FD"  # the pipe on which a new host says it serves
 READY: Final = "ready"
-
-
-def host_dir() -> Path:
-    """``$ASYNCJOBS_HOST_DIR``, else ``$XDG_STATE_HOME/asyncjobs`` (default
-    ``~/.local/state/asyncjobs``): state, not runtime, since the store must survive a logout."""
-    explicit = os.environ.get(ENV_DIR)
-    if explicit:
-        return Path(explicit)
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "asyncjobs"
 
 
 def ensure_private_dir(path: Path) -> Path:
